@@ -1,0 +1,52 @@
+"""The ``yolov7-studio`` command line: one sub-command per module in this package.
+
+Each module listed in ``_COMMANDS`` defines ``register(subparsers)``, which adds its parser and sets
+``func`` (a callable taking the parsed ``argparse.Namespace`` and returning an exit code).
+Modules are imported lazily by name so that ``yolov7-studio models`` does not import Gradio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from core import __version__
+
+# (module under core.cli, sub-command names it registers); modules are imported when the CLI starts,
+# but each keeps its heavy imports inside its command function.
+_COMMANDS: list[str] = [
+    "models",
+    "conformance",
+    "demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the full parser with every registered sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="yolov7-studio",
+        description="YOLOv7 engine and studio: models, data, training, assignment inspection, deploy.",
+    )
+    parser.add_argument("--version", action="version", version=f"yolov7-studio {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in _COMMANDS:
+        module = importlib.import_module(f"core.cli.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

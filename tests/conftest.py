@@ -1,0 +1,40 @@
+"""Shared fixtures: the ../shared folder (skipped with a reason where absent) and CPU thread limits."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("YOLOV7_STUDIO_SHARED", REPO.parent / "shared"))
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def shared_path(*parts: str) -> Path:
+    """Path under ../shared, or skip the calling test with a clear reason when it is missing."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs {path} (the project's ../shared folder, present in CI but not in a user's clone)")
+    return path
+
+
+@pytest.fixture
+def shared() -> Path:
+    """The ../shared folder; skips the test where it is absent."""
+    return shared_path()
+
+
+@pytest.fixture
+def bccd_root() -> Path:
+    """Root of the BCCD dataset in ../shared (Pascal VOC layout)."""
+    return shared_path("datasets", "bccd", "BCCD")
+
+
+@pytest.fixture
+def conformance_dir() -> Path:
+    """../shared/yolov7/conformance with the official reference outputs."""
+    return shared_path("yolov7", "conformance")
