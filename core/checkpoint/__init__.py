@@ -1,0 +1,1 @@
+"""Checkpoints: our own format (dicts of state dicts, safe to load) and official YOLOv7 ``.pt`` files."""
