@@ -23,7 +23,7 @@ from core.models.blocks import (
 )
 from core.models.fuse import fuse_blocks, reparameterize
 from core.models.heads import Detect, IAuxDetect, IDetect
-from core.models.specs import SPECS, Elan, ModelSpec, compound_scale, get_spec
+from core.models.specs import SPECS, Elan, ModelSpec, compound_scale, get_spec, scale_width
 from core.models.yolo import Yolo
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "list_models",
     "model_anchors",
     "reparameterize",
+    "scale_width",
 ]
 
 

@@ -243,3 +243,56 @@ def compound_scale(spec: ModelSpec, depth: float = 1.5, width: float = 1.25, nam
         paper=None,
         derived_from=spec.name,
     )
+
+
+def spec_to_dict(spec: ModelSpec) -> dict:
+    """Plain-data form of a spec (lists, ints, strings), e.g. to store in a checkpoint."""
+    return dataclasses.asdict(spec)
+
+
+def spec_from_dict(d: dict) -> ModelSpec:
+    """Inverse of :func:`spec_to_dict`; validates the field names."""
+    fields = {f.name for f in dataclasses.fields(ModelSpec)}
+    unknown = set(d) - fields
+    if unknown:
+        raise ValueError(f"unknown model spec fields: {sorted(unknown)}")
+    elan_fields = ("backbone", "neck_td", "neck_bu")
+    kw = {}
+    for k, v in d.items():
+        if k in elan_fields:
+            kw[k] = tuple(Elan(**e) for e in v)
+        elif k == "anchors":
+            kw[k] = tuple(tuple((float(w), float(h)) for w, h in level) for level in v)
+        elif isinstance(v, list):
+            kw[k] = tuple(v)
+        else:
+            kw[k] = v
+    return ModelSpec(**kw)
+
+
+def scale_width(spec: ModelSpec, multiple: float, name: str | None = None) -> ModelSpec:
+    """Every channel width times ``multiple`` (rounded up to a multiple of 8), as the official
+    ``width_multiple``: the same topology at a fraction of the cost (used by fast tests and small experiments)."""
+
+    def w(c: int) -> int:
+        return max(8, _round_width(c * multiple))
+
+    def block(e: Elan) -> Elan:
+        return Elan(w(e.branch), w(e.chain), e.depth, e.step, w(e.out))
+
+    return dataclasses.replace(
+        spec,
+        name=name or f"{spec.name}-w{multiple:g}",
+        stem=tuple(w(c) for c in spec.stem),
+        down_widths=tuple(w(c) for c in spec.down_widths),
+        backbone=tuple(block(e) for e in spec.backbone),
+        spp=w(spec.spp),
+        lateral=tuple(w(c) for c in spec.lateral),
+        neck_td=tuple(block(e) for e in spec.neck_td),
+        neck_down_widths=tuple(w(c) for c in spec.neck_down_widths),
+        neck_bu=tuple(block(e) for e in spec.neck_bu),
+        lead=tuple(w(c) for c in spec.lead),
+        aux=tuple(w(c) for c in spec.aux),
+        paper=None,
+        derived_from=spec.name,
+    )
