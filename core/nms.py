@@ -80,8 +80,9 @@ def non_max_suppression(
 
 def apply_nms(prediction: torch.Tensor, cfg: NmsConfig = NmsConfig()) -> list[torch.Tensor]:
     """:func:`non_max_suppression` with a :class:`NmsConfig`."""
-    return non_max_suppression(prediction, cfg.conf, cfg.iou, cfg.classes, cfg.agnostic, cfg.multi_label,
-                               cfg.max_det, cfg.max_nms)
+    return non_max_suppression(
+        prediction, cfg.conf, cfg.iou, cfg.classes, cfg.agnostic, cfg.multi_label, cfg.max_det, cfg.max_nms
+    )
 
 
 def to_dicts(dets: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -26,16 +26,21 @@ class Variant:
         return f"{self.name} {form}{aux}, {self.num_classes} classes"
 
 
-@lru_cache(maxsize=None)
-def _signature(name: str, deploy: bool, aux: bool, fused: bool) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """Keys and shapes of a variant, with the class-dependent head dimension replaced by -1."""
+@cache
+def _build_meta(name: str, deploy: bool, aux: bool, fused: bool) -> torch.nn.Module:
     with torch.device("meta"):
         model = build_model(name, 1, deploy=deploy, aux=aux)
         if fused:
             fuse_blocks(model)
+    return model
+
+
+@cache
+def _signature(name: str, deploy: bool, aux: bool, fused: bool) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Keys and shapes of a variant, with the class-dependent head dimension replaced by -1."""
+    model = _build_meta(name, deploy, aux, fused)
     head = len(model.model) - 1
-    sd = model.state_dict()
-    return tuple((k, _normalise(k, tuple(v.shape), head)) for k, v in sd.items())
+    return tuple((k, _normalise(k, tuple(v.shape), head)) for k, v in model.state_dict().items())
 
 
 def _normalise(key: str, shape: tuple[int, ...], head: int) -> tuple[int, ...]:
@@ -70,12 +75,17 @@ def identify(state_dict: dict[str, torch.Tensor], prefer: str | None = None) -> 
     no = conv0.shape[0] // na
     nc = no - 5
     given = tuple((k, _normalise(k, tuple(state_dict[k].shape), head)) for k in keys)
+    nl = state_dict[f"model.{head}.anchors"].shape[0] if f"model.{head}.anchors" in state_dict else None
     names = sorted(SPECS, key=lambda n: (n != prefer, n))
     best: tuple[int, str] = (10**9, "")
     for name in names:
         spec = SPECS[name]
+        if nl is not None and len(spec.anchors) != nl:
+            continue
         for deploy in (False, True):
-            for aux in ((False,) if deploy else (spec.default_aux, not spec.default_aux)):
+            for aux in (False,) if deploy else (spec.default_aux, not spec.default_aux):
+                if len(_build_meta(name, deploy, aux, False).model) - 1 != head:
+                    continue
                 for fused in (False, True):
                     sig = _signature(name, deploy, aux, fused)
                     if len(sig) == len(given) and sig == given:
@@ -84,5 +94,5 @@ def identify(state_dict: dict[str, torch.Tensor], prefer: str | None = None) -> 
                     best = min(best, (diff, f"{name} {'deploy' if deploy else 'training'}"))
     raise ValueError(
         f"state dict with {len(keys)} model keys (head at layer {head}) matches no known variant; "
-        f"closest: {best[1]} ({best[0]} differing keys)"
+        + (f"closest: {best[1]} ({best[0]} differing keys)" if best[1] else "no variant has its head at that layer")
     )

@@ -88,8 +88,15 @@ def _cpu_state(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
 
 
-def save_checkpoint(path: str | Path, model: Yolo, *, ema: torch.nn.Module | dict | None = None,
-                    optimizer: dict | None = None, train: dict | None = None, extra: dict | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    model: Yolo,
+    *,
+    ema: torch.nn.Module | dict | None = None,
+    optimizer: dict | None = None,
+    train: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
     """Write a checkpoint atomically (see the module docstring). ``ema``: a module or a state dict."""
     ema_sd = ema.state_dict() if isinstance(ema, torch.nn.Module) else ema
     ckpt = {
@@ -101,8 +108,11 @@ def save_checkpoint(path: str | Path, model: Yolo, *, ema: torch.nn.Module | dic
         "train": train,
         "optimizer": optimizer,
         "extra": extra or {},
-        "meta": {"version": __version__, "torch": torch.__version__,
-                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
+        "meta": {
+            "version": __version__,
+            "torch": str(torch.__version__),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        },
     }
     return atomic_save(ckpt, path)
 
@@ -115,23 +125,32 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path}: not a yolov7-studio checkpoint (safe loading refused it: "
-                              f"{str(exc).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{path}: not a yolov7-studio checkpoint (safe loading refused it: {str(exc).splitlines()[0]})"
+        ) from None
     except (RuntimeError, EOFError, OSError) as exc:
         raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({exc})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a yolov7-studio checkpoint (no 'format': '{FORMAT}' entry)")
     if int(ckpt.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {ckpt['format_version']} is newer than this "
-                              f"yolov7-studio understands ({FORMAT_VERSION}); upgrade yolov7-studio")
+        raise CheckpointError(
+            f"{path}: checkpoint format version {ckpt['format_version']} is newer than this "
+            f"yolov7-studio understands ({FORMAT_VERSION}); upgrade yolov7-studio"
+        )
     return ckpt
 
 
 def build_from_record(rec: dict[str, Any]) -> Yolo:
     """An untrained model with the architecture, classes and anchors of a checkpoint record."""
     spec = spec_from_dict(rec["spec"]) if rec.get("spec") else SPECS[rec["name"]]
-    model = Yolo(spec, int(rec["num_classes"]), deploy=bool(rec["deploy"]), aux=bool(rec["aux"]),
-                 class_names=rec.get("class_names"), anchors=torch.tensor(rec["anchors"]))
+    model = Yolo(
+        spec,
+        int(rec["num_classes"]),
+        deploy=bool(rec["deploy"]),
+        aux=bool(rec["aux"]),
+        class_names=rec.get("class_names"),
+        anchors=torch.tensor(rec["anchors"]),
+    )
     if rec.get("fused"):
         fuse_blocks(model)
     return model
@@ -154,8 +173,15 @@ class LoadedModel:
         return text
 
 
-def load_model(path: str | Path, *, num_classes: int | None = None, class_names: list[str] | None = None,
-               use_ema: bool = True, aux: bool | None = None, map_location: str | torch.device = "cpu") -> LoadedModel:
+def load_model(
+    path: str | Path,
+    *,
+    num_classes: int | None = None,
+    class_names: list[str] | None = None,
+    use_ema: bool = True,
+    aux: bool | None = None,
+    map_location: str | torch.device = "cpu",
+) -> LoadedModel:
     """Load our checkpoints and official ``.pt`` files (train.py, stripped, deploy) into a :class:`Yolo`.
 
     With ``num_classes``/``class_names`` differing from the checkpoint's (fine-tuning), the class-dependent
@@ -185,8 +211,14 @@ def load_model(path: str | Path, *, num_classes: int | None = None, class_names:
         source.load_state_dict(sd, strict=True)
         model = source
     else:
-        model = Yolo(source.spec, want_nc, deploy=source.deploy, aux=want_aux, class_names=class_names,
-                     anchors=source.head.anchor_grid.view(source.head.nl, source.head.na, 2))
+        model = Yolo(
+            source.spec,
+            want_nc,
+            deploy=source.deploy,
+            aux=want_aux,
+            class_names=class_names,
+            anchors=source.head.anchor_grid.view(source.head.nl, source.head.na, 2),
+        )
         if rec.get("fused"):
             fuse_blocks(model)
         report = transfer_weights(model, sd, source_names=rec.get("class_names"))
@@ -194,14 +226,18 @@ def load_model(path: str | Path, *, num_classes: int | None = None, class_names:
     return LoadedModel(model.to(map_location), FORMAT, desc, ckpt, report)
 
 
-def _load_official(path: Path, num_classes: int | None, class_names: list[str] | None, aux: bool | None,
-                   map_location: str | torch.device) -> LoadedModel:
+def _load_official(
+    path: Path,
+    num_classes: int | None,
+    class_names: list[str] | None,
+    aux: bool | None,
+    map_location: str | torch.device,
+) -> LoadedModel:
     off = load_official(path)
     prefer = "yolov7-tiny-silu" if off.activation == "silu" else None
     variant = identify(off.state_dict, prefer=prefer)
     names = off.class_names if off.class_names and len(off.class_names) == variant.num_classes else None
-    source = build_model(variant.name, variant.num_classes, deploy=variant.deploy, aux=variant.aux,
-                         class_names=names)
+    source = build_model(variant.name, variant.num_classes, deploy=variant.deploy, aux=variant.aux, class_names=names)
     if variant.fused:
         fuse_blocks(source)
     want_nc = num_classes if num_classes is not None else (len(class_names) if class_names else variant.num_classes)

@@ -218,5 +218,11 @@ def load_official(path: str | Path) -> OfficialCheckpoint:
     info = {k: v for k, v in ckpt.items() if k in ("epoch", "training_results") and not isinstance(v, Inert)}
     info["entries"] = sorted(str(k) for k in ckpt)
     info["model_class"] = getattr(model, "_origin", "?")
-    return OfficialCheckpoint(sd, list(names) if names is not None else None, _activation(model), source,
-                              int(epoch) if isinstance(epoch, int) else None, info)
+    return OfficialCheckpoint(
+        sd,
+        list(names) if names is not None else None,
+        _activation(model),
+        source,
+        int(epoch) if isinstance(epoch, int) else None,
+        info,
+    )

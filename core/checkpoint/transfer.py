@@ -39,11 +39,15 @@ class TransferReport:
             lines.append(f"  class rows kept for: {', '.join(self.kept_classes) or '-'}")
             lines.append(f"  class rows newly initialised for: {', '.join(self.new_classes) or '-'}")
         if self.reinitialised:
-            lines.append(f"not in the checkpoint, freshly initialised ({len(self.reinitialised)}): "
-                         + ", ".join(_compress(self.reinitialised)))
+            lines.append(
+                f"not in the checkpoint, freshly initialised ({len(self.reinitialised)}): "
+                + ", ".join(_compress(self.reinitialised))
+            )
         if self.skipped:
-            lines.append(f"in the checkpoint but not used by this model ({len(self.skipped)}): "
-                         + ", ".join(_compress(self.skipped)))
+            lines.append(
+                f"in the checkpoint but not used by this model ({len(self.skipped)}): "
+                + ", ".join(_compress(self.skipped))
+            )
         return "\n".join(lines)
 
 
@@ -63,12 +67,13 @@ def _head_prefix_map(src: dict[str, torch.Tensor], model: Yolo) -> tuple[str, st
 
 
 @torch.no_grad()
-def transfer_weights(model: Yolo, state_dict: dict[str, torch.Tensor],
-                     source_names: list[str] | None = None) -> TransferReport:
+def transfer_weights(
+    model: Yolo, state_dict: dict[str, torch.Tensor], source_names: list[str] | None = None
+) -> TransferReport:
     """Copy ``state_dict`` into ``model`` as far as it fits; see the module docstring. Returns the report."""
     report = TransferReport()
     src_prefix, dst_prefix = _head_prefix_map(state_dict, model)
-    src = {(dst_prefix + k[len(src_prefix):] if k.startswith(src_prefix) else k): v for k, v in state_dict.items()}
+    src = {(dst_prefix + k[len(src_prefix) :] if k.startswith(src_prefix) else k): v for k, v in state_dict.items()}
     dst = model.state_dict()
     na = model.head.na
     no_dst = model.nc + 5
@@ -78,7 +83,7 @@ def transfer_weights(model: Yolo, state_dict: dict[str, torch.Tensor],
             report.reinitialised.append(key)
             continue
         s = src[key]
-        role = key[len(dst_prefix):].split(".")[0] if key.startswith(dst_prefix) else ""
+        role = key[len(dst_prefix) :].split(".")[0] if key.startswith(dst_prefix) else ""
         renamed = source_names is not None and list(source_names) != list(model.names)
         if s.shape == t.shape and not (renamed and role in ("m", "m2", "im")):
             t.copy_(s.to(t.dtype))

@@ -18,7 +18,8 @@ from core import __version__
 _COMMANDS: list[str] = [
     "models",
     "conformance",
-
+    "demo",
+    "data",
 ]
 
 

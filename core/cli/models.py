@@ -16,8 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--img", type=int, default=None, help="image size for GFLOPs (default: native size)")
     p.add_argument("--classes", type=int, default=80, help="number of classes (default 80, as in the paper)")
-    p.add_argument("--compound", action="store_true",
-                   help="also show compound-scaled variants derived from yolov7 and yolov7-e6 (depth 1.5, width 1.25)")
+    p.add_argument(
+        "--compound",
+        action="store_true",
+        help="also show compound-scaled variants derived from yolov7 and yolov7-e6 (depth 1.5, width 1.25)",
+    )
     p.set_defaults(func=run)
 
 
@@ -33,26 +36,48 @@ def _rows(args: argparse.Namespace) -> list[dict]:
 
 def format_table(rows: list[dict]) -> str:
     """Fixed-width text table of :class:`core.models.profile.ModelProfile` dicts."""
-    header = ["model", "img", "params train", "GFLOPs train", "params deploy", "GFLOPs deploy", "paper",
-              "layers", "strides", "head", "act"]
+    header = [
+        "model",
+        "img",
+        "params train",
+        "GFLOPs train",
+        "params deploy",
+        "GFLOPs deploy",
+        "paper",
+        "layers",
+        "strides",
+        "head",
+        "act",
+    ]
     lines = []
     for r in rows:
         paper = f"{r['paper_params_m']}M/{r['paper_gflops']}G" if r["paper_gflops"] else "-"
         if r["derived_from"]:
             paper = f"(from {r['derived_from']})"
-        lines.append([
-            r["name"], str(r["img_size"]), f"{r['params_train']:,}", f"{r['gflops_train']:.2f}",
-            f"{r['params_deploy']:,}", f"{r['gflops_deploy']:.2f}", paper,
-            f"{r['layers_train']}/{r['layers_deploy']}", "/".join(map(str, r["strides"])),
-            f"{r['head_train']}->{r['head_deploy']}", r["activation"],
-        ])
+        lines.append(
+            [
+                r["name"],
+                str(r["img_size"]),
+                f"{r['params_train']:,}",
+                f"{r['gflops_train']:.2f}",
+                f"{r['params_deploy']:,}",
+                f"{r['gflops_deploy']:.2f}",
+                paper,
+                f"{r['layers_train']}/{r['layers_deploy']}",
+                "/".join(map(str, r["strides"])),
+                f"{r['head_train']}->{r['head_deploy']}",
+                r["activation"],
+            ]
+        )
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:{'<' if i in (0, 6, 9, 10) else '>'}{w}}}" for i, w in enumerate(widths))
     out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*line) for line in lines]
     out.append("")
-    out.append("params/GFLOPs deploy = re-parameterized deploy form (RepConv and BN fused, implicit folded, no aux "
-               "head): the paper's convention. The paper's D6 row matches the training form.")
+    out.append(
+        "params/GFLOPs deploy = re-parameterized deploy form (RepConv and BN fused, implicit folded, no aux "
+        "head): the paper's convention. The paper's D6 row matches the training form."
+    )
     return "\n".join(out)
 
 

@@ -75,8 +75,11 @@ def compare_decoded(name: str, ours: torch.Tensor, ref: torch.Tensor) -> Check:
         return Check(name, False, {"shape": f"{tuple(ours.shape)} vs {tuple(ref.shape)}"})
     box = float((ours[..., :4] - ref[..., :4]).abs().max())
     prob = float((ours[..., 4:] - ref[..., 4:]).abs().max())
-    return Check(name, box <= BOX_TOL_PX and prob <= PROB_TOL,
-                 {"max_box_px": box, "box_tol": BOX_TOL_PX, "max_prob": prob, "prob_tol": PROB_TOL})
+    return Check(
+        name,
+        box <= BOX_TOL_PX and prob <= PROB_TOL,
+        {"max_box_px": box, "box_tol": BOX_TOL_PX, "max_prob": prob, "prob_tol": PROB_TOL},
+    )
 
 
 def compare_raw(name: str, ours: torch.Tensor, ref: torch.Tensor) -> Check:
@@ -124,24 +127,40 @@ def run(path: str | Path) -> ForwardReport:
     if "output_fused" in data.files:
         fused = fuse_blocks(copy.deepcopy(model))
         outputs["_fused"] = fused(x)
-        checks.append(compare_decoded("fused (BN + RepConv folded)", outputs["_fused"],
-                                      torch.from_numpy(data["output_fused"])))
+        checks.append(
+            compare_decoded("fused (BN + RepConv folded)", outputs["_fused"], torch.from_numpy(data["output_fused"]))
+        )
         deploy_fused = reparameterize(model)
-        checks.append(compare_decoded("re-parameterized deploy form vs official fused", deploy_fused(x),
-                                      torch.from_numpy(data["output_fused"])))
+        checks.append(
+            compare_decoded(
+                "re-parameterized deploy form vs official fused",
+                deploy_fused(x),
+                torch.from_numpy(data["output_fused"]),
+            )
+        )
     if "output_deploy_reparam" in data.files and not variant.deploy:
         deploy = reparameterize(model, fuse=False)
-        checks.append(compare_decoded("deploy form, implicit folded (unfused)", deploy(x),
-                                      torch.from_numpy(data["output_deploy_reparam"])))
+        checks.append(
+            compare_decoded(
+                "deploy form, implicit folded (unfused)", deploy(x), torch.from_numpy(data["output_deploy_reparam"])
+            )
+        )
 
     for key in sorted(data.files):
         m = _NMS_KEY.match(key)
         if not m or (m["fused"] or "") not in outputs:
             continue
-        dets = non_max_suppression(outputs[m["fused"] or ""], conf_thres=float(m["conf"]),
-                                   iou_thres=float(m["iou"]), multi_label=bool(m["ml"]))[0]
-        checks.append(compare_nms(f"NMS conf={m['conf']} iou={m['iou']}{' multi-label' if m['ml'] else ''}"
-                                  f"{' (fused)' if m['fused'] else ''}", dets, torch.from_numpy(data[key])))
+        dets = non_max_suppression(
+            outputs[m["fused"] or ""], conf_thres=float(m["conf"]), iou_thres=float(m["iou"]), multi_label=bool(m["ml"])
+        )[0]
+        checks.append(
+            compare_nms(
+                f"NMS conf={m['conf']} iou={m['iou']}{' multi-label' if m['ml'] else ''}"
+                f"{' (fused)' if m['fused'] else ''}",
+                dets,
+                torch.from_numpy(data[key]),
+            )
+        )
     return ForwardReport(str(path), variant.describe(), checks)
 
 
@@ -153,8 +172,17 @@ def main(path: str, as_json: bool = False) -> int:
         print(f"error: cannot run forward conformance on {path}: {exc}")
         return 2
     if as_json:
-        print(json.dumps({"file": report.file, "variant": report.variant, "passed": report.passed,
-                          "checks": [asdict(c) for c in report.checks]}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "file": report.file,
+                    "variant": report.variant,
+                    "passed": report.passed,
+                    "checks": [asdict(c) for c in report.checks],
+                },
+                indent=1,
+            )
+        )
     else:
         print(report.to_text())
     return 0 if report.passed else 1

@@ -17,8 +17,8 @@ from core.models.blocks import (
     DownC,
     ImplicitA,
     ImplicitM,
-    RepConv,
     ReOrg,
+    RepConv,
     Shortcut,
 )
 from core.models.fuse import fuse_blocks, reparameterize

@@ -63,8 +63,17 @@ class Conv(nn.Module):
             return
         w, b = fold_bn(self.conv.weight, self.conv.bias, self.bn)
         conv = self.conv
-        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                          groups=conv.groups, bias=True, device=w.device, dtype=w.dtype)
+        fused = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            groups=conv.groups,
+            bias=True,
+            device=w.device,
+            dtype=w.dtype,
+        )
         fused.weight.copy_(w)
         fused.bias.copy_(b)
         self.conv = fused
@@ -80,8 +89,9 @@ class RepConv(nn.Module):
     ``identity=None`` chooses automatically. Deploy form: one 3x3 conv with bias, ``rbr_reparam``.
     """
 
-    def __init__(self, c1: int, c2: int, k: int = 3, s: int = 1, act: str = "silu",
-                 identity: bool | None = None) -> None:
+    def __init__(
+        self, c1: int, c2: int, k: int = 3, s: int = 1, act: str = "silu", identity: bool | None = None
+    ) -> None:
         super().__init__()
         if k != 3:
             raise ValueError("RepConv is defined for 3x3 kernels")
@@ -124,8 +134,9 @@ class RepConv(nn.Module):
             return
         w, b = self.fused_kernel()
         dense = self.rbr_dense[0]
-        conv = nn.Conv2d(dense.in_channels, dense.out_channels, 3, dense.stride, 1, bias=True,
-                         device=w.device, dtype=w.dtype)
+        conv = nn.Conv2d(
+            dense.in_channels, dense.out_channels, 3, dense.stride, 1, bias=True, device=w.device, dtype=w.dtype
+        )
         conv.weight.copy_(w)
         conv.bias.copy_(b)
         self.rbr_reparam = conv

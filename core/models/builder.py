@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from core.models.blocks import MP, SP, SPPCSPC, Concat, Conv, DownC, RepConv, ReOrg, Shortcut, Upsample
+from core.models.blocks import MP, SP, SPPCSPC, Concat, Conv, DownC, ReOrg, RepConv, Shortcut, Upsample
 from core.models.specs import Elan, ModelSpec
 
 

@@ -114,7 +114,12 @@ _V7 = ModelSpec(
     stem=(32, 64, 64, 128),
     down="mpconv",
     down_widths=(128, 256, 512),
-    backbone=(Elan(64, 64, 4, 2, 256), Elan(128, 128, 4, 2, 512), Elan(256, 256, 4, 2, 1024), Elan(256, 256, 4, 2, 1024)),
+    backbone=(
+        Elan(64, 64, 4, 2, 256),
+        Elan(128, 128, 4, 2, 512),
+        Elan(256, 256, 4, 2, 1024),
+        Elan(256, 256, 4, 2, 1024),
+    ),
     spp=512,
     lateral=(256, 128),
     neck_td=(Elan(256, 128, 4, 1, 256), Elan(128, 64, 4, 1, 128)),
@@ -135,7 +140,12 @@ _X = ModelSpec(
     stem=(40, 80, 80, 160),
     down="mpconv",
     down_widths=(160, 320, 640),
-    backbone=(Elan(64, 64, 6, 2, 320), Elan(128, 128, 6, 2, 640), Elan(256, 256, 6, 2, 1280), Elan(256, 256, 6, 2, 1280)),
+    backbone=(
+        Elan(64, 64, 6, 2, 320),
+        Elan(128, 128, 6, 2, 640),
+        Elan(256, 256, 6, 2, 1280),
+        Elan(256, 256, 6, 2, 1280),
+    ),
     spp=640,
     lateral=(320, 160),
     neck_td=(Elan(256, 256, 6, 2, 320), Elan(128, 128, 6, 2, 160)),
@@ -148,8 +158,18 @@ _X = ModelSpec(
 )
 
 
-def _p6(name: str, stem: int, widths: tuple[int, ...], depth: int, down: DownKind, spp: int,
-        neck: tuple[int, int, int], aux: tuple[int, ...], paper: tuple[float, float], eelan: bool = False) -> ModelSpec:
+def _p6(
+    name: str,
+    stem: int,
+    widths: tuple[int, ...],
+    depth: int,
+    down: DownKind,
+    spp: int,
+    neck: tuple[int, int, int],
+    aux: tuple[int, ...],
+    paper: tuple[float, float],
+    eelan: bool = False,
+) -> ModelSpec:
     """P6 variants share one shape: 5 stages with hidden widths 64..512 and a 3-level top-down/bottom-up neck."""
     hidden = (64, 128, 256, 384, 512)
     p5, p4, p3 = neck  # neck output widths at strides 32, 16, 8
@@ -176,12 +196,23 @@ def _p6(name: str, stem: int, widths: tuple[int, ...], depth: int, down: DownKin
     )
 
 
-_W6 = _p6("yolov7-w6", 64, (128, 256, 512, 768, 1024), 4, "conv", 512, (384, 256, 128), (320, 640, 960, 1280),
-          (70.4, 360.0))
-_E6 = _p6("yolov7-e6", 80, (160, 320, 640, 960, 1280), 6, "downc", 640, (480, 320, 160), (320, 640, 960, 1280),
-          (97.2, 515.2))
-_D6 = _p6("yolov7-d6", 96, (192, 384, 768, 1152, 1536), 8, "downc", 768, (576, 384, 192), (384, 768, 1152, 1536),
-          (154.7, 806.8))
+_W6 = _p6(
+    "yolov7-w6", 64, (128, 256, 512, 768, 1024), 4, "conv", 512, (384, 256, 128), (320, 640, 960, 1280), (70.4, 360.0)
+)
+_E6 = _p6(
+    "yolov7-e6", 80, (160, 320, 640, 960, 1280), 6, "downc", 640, (480, 320, 160), (320, 640, 960, 1280), (97.2, 515.2)
+)
+_D6 = _p6(
+    "yolov7-d6",
+    96,
+    (192, 384, 768, 1152, 1536),
+    8,
+    "downc",
+    768,
+    (576, 384, 192),
+    (384, 768, 1152, 1536),
+    (154.7, 806.8),
+)
 _E6E = dataclasses.replace(_E6, name="yolov7-e6e", eelan=True, paper=(151.7, 843.2))
 
 SPECS: dict[str, ModelSpec] = {

@@ -25,8 +25,16 @@ class Yolo(nn.Module):
     ``aux`` adds the auxiliary head (default: as in the official training config, i.e. on for P6).
     """
 
-    def __init__(self, spec: ModelSpec, num_classes: int = 80, *, deploy: bool = False, aux: bool | None = None,
-                 class_names: list[str] | None = None, anchors: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        num_classes: int = 80,
+        *,
+        deploy: bool = False,
+        aux: bool | None = None,
+        class_names: list[str] | None = None,
+        anchors: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")

@@ -1,0 +1,1 @@
+"""Front ends of yolov7-studio (Gradio studio, Streamlit dashboard, FiftyOne bridge); thin layers over ``core``."""
