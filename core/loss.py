@@ -1,0 +1,227 @@
+"""The YOLOv7 training loss (official ``ComputeLossOTA`` / ``ComputeLossAuxOTA``), with lead and aux terms apart.
+
+Per level ``i`` and its positives (from ``core.assign``): box loss ``mean(1 - CIoU)`` (alpha under ``no_grad``,
+eps 1e-7); objectness BCE over the whole level against ``tobj = (1 - gr) + gr * CIoU.detach().clamp(0)`` at the
+positive cells (the later positive wins where a cell is positive twice), times ``balance[i]``; class BCE against
+the (optionally smoothed) one-hot class, skipped when ``nc == 1``. With an auxiliary head the aux levels get the
+same terms on the coarse positives, weighted 0.25. Both label sets come from the LEAD predictions.
+
+Returned: ``(total, items)`` where ``total = (box + obj + cls + aux_*) * batch_size`` (the official return value,
+differentiable) and ``items`` holds detached scalars ``box, obj, cls, aux_box, aux_obj, aux_cls`` (hyp gains
+applied; aux ones are 0 without an aux head) and ``total`` (their sum, NOT multiplied by the batch size; it equals
+the official ``loss_items[3]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from core.assign import DEFAULT_CHUNK_ELEMENTS, Assignment, LevelCells, assign
+from core.boxes import ciou_xywh
+
+__all__ = ["LossHyp", "YoloLoss", "default_balance", "scale_hyp", "LOSS_KEYS"]
+
+LOSS_KEYS = ("box", "obj", "cls", "aux_box", "aux_obj", "aux_cls", "total")
+
+
+def default_balance(nl: int) -> tuple[float, ...]:
+    """Objectness weight per level: [4, 1, 0.4] for 3 levels, else the first ``nl`` of [4, 1, 0.25, 0.06, 0.02]."""
+    if nl == 3:
+        return (4.0, 1.0, 0.4)
+    if nl > 5:
+        raise ValueError(f"no official objectness balance for {nl} levels")
+    return (4.0, 1.0, 0.25, 0.06, 0.02)[:nl]
+
+
+@dataclass(frozen=True)
+class LossHyp:
+    """Loss hyperparameters. ``box``/``obj``/``cls`` are the gains as used (scale raw hyp files with ``scaled``).
+
+    ``balance``: per-level objectness weights (None = ``default_balance(nl)``; longer tuples are cut to nl).
+    ``topk``: IoUs summed for dynamic k (None = 10 without aux head, 20 with one). ``aux_weight``: 0.25.
+    """
+
+    box: float = 0.05
+    obj: float = 0.7
+    cls: float = 0.3
+    anchor_t: float = 4.0
+    label_smoothing: float = 0.0
+    gr: float = 1.0
+    cls_pw: float = 1.0
+    obj_pw: float = 1.0
+    balance: tuple[float, ...] | None = None
+    aux_weight: float = 0.25
+    topk: int | None = None
+
+    @classmethod
+    def from_dict(cls, hyp: Mapping[str, Any]) -> LossHyp:
+        """Build from a hyp dict (e.g. an official hyp yaml); unrelated keys are ignored, focal loss is refused."""
+        if float(hyp.get("fl_gamma", 0.0)) != 0.0:
+            raise ValueError("fl_gamma > 0 (focal loss) is not used by YOLOv7 and not implemented")
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in hyp.items() if k in names}
+        if kw.get("balance") is not None:
+            kw["balance"] = tuple(float(x) for x in kw["balance"])
+        return cls(**kw)
+
+    def scaled(self, nl: int, nc: int, img_size: int) -> LossHyp:
+        """The train.py scaling: box *= 3/nl, cls *= nc/80 * 3/nl, obj *= (img_size/640)^2 * 3/nl."""
+        return replace(
+            self,
+            box=self.box * 3 / nl,
+            cls=self.cls * nc / 80 * 3 / nl,
+            obj=self.obj * (img_size / 640) ** 2 * 3 / nl,
+        )
+
+
+def scale_hyp(hyp: LossHyp, nl: int, nc: int, img_size: int) -> LossHyp:
+    """Function form of ``LossHyp.scaled``."""
+    return hyp.scaled(nl, nc, img_size)
+
+
+class YoloLoss(nn.Module):
+    """YOLOv7 loss with lead-guided assignment, for P5 (3 levels), P6 (4) and either with an auxiliary head.
+
+    Args:
+        nc: number of classes.
+        anchors: ``[nl, na, 2]`` anchors in grid units (pixels / stride) of each lead level.
+        strides: ``[nl]`` strides in pixels.
+        hyp: ``LossHyp`` (or a dict for ``LossHyp.from_dict``), gains already scaled.
+        aux: whether predictions carry ``nl`` auxiliary levels after the lead levels.
+        max_chunk_elements: memory bound of the assignment (see ``core.assign.simota``).
+    """
+
+    anchors: Tensor
+    strides: Tensor
+
+    def __init__(
+        self,
+        nc: int,
+        anchors: Tensor | Sequence,
+        strides: Tensor | Sequence,
+        hyp: LossHyp | Mapping[str, Any] | None = None,
+        aux: bool = False,
+        max_chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("anchors", torch.as_tensor(anchors, dtype=torch.float32).clone(), persistent=False)
+        self.register_buffer("strides", torch.as_tensor(strides, dtype=torch.float32).clone(), persistent=False)
+        if self.anchors.ndim != 3 or self.anchors.shape[0] != self.strides.numel():
+            raise ValueError(f"anchors must be [nl, na, 2] with nl = len(strides); got {tuple(self.anchors.shape)}")
+        self.hyp = hyp if isinstance(hyp, LossHyp) else LossHyp.from_dict(hyp or {})
+        self.nc = int(nc)
+        self.nl, self.na = int(self.anchors.shape[0]), int(self.anchors.shape[1])
+        self.aux = bool(aux)
+        balance = self.hyp.balance if self.hyp.balance is not None else default_balance(self.nl)
+        if len(balance) < self.nl:
+            raise ValueError(f"balance has {len(balance)} values for {self.nl} levels")
+        self.balance = tuple(float(b) for b in balance[: self.nl])
+        self.topk = self.hyp.topk if self.hyp.topk is not None else (20 if self.aux else 10)
+        self.max_chunk_elements = max_chunk_elements
+
+    @classmethod
+    def from_model(
+        cls, model: nn.Module, hyp: LossHyp | Mapping[str, Any] | None = None, aux: bool | None = None
+    ) -> YoloLoss:
+        """Build from a model whose detection head is ``model.head`` (``core.models.Yolo``).
+
+        Reads ``head.nc``, ``head.anchors`` (``[nl, na, 2]`` grid units), ``head.stride`` (``[nl]``) and, when
+        ``aux`` is None, ``head.aux`` (bool; False if the head has no such attribute).
+        """
+        head = model.head
+        if aux is None:
+            aux = bool(getattr(head, "aux", False))
+        anchors = torch.as_tensor(head.anchors).detach().float().cpu()
+        strides = torch.as_tensor(head.stride).detach().float().cpu().flatten()
+        loss = cls(int(head.nc), anchors, strides, hyp, aux=aux)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        return loss.to(device)
+
+    def assign(
+        self, predictions: Sequence[Tensor], targets: Tensor, img_size: int, keep_matrices: bool = False
+    ) -> tuple[Assignment, Assignment | None]:
+        """Fine (lead) and, with an aux head, coarse (aux) assignment, both from the lead predictions."""
+        lead = predictions[: self.nl]
+        kw = dict(
+            topk=self.topk,
+            anchor_t=self.hyp.anchor_t,
+            keep_matrices=keep_matrices,
+            max_chunk_elements=self.max_chunk_elements,
+        )
+        fine = assign(lead, targets, self.anchors, self.strides, img_size, coarse=False, **kw)
+        coarse = assign(lead, targets, self.anchors, self.strides, img_size, coarse=True, **kw) if self.aux else None
+        return fine, coarse
+
+    def forward(
+        self, predictions: Sequence[Tensor], targets: Tensor, img_size: int
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Compute the loss.
+
+        Args:
+            predictions: raw head outputs ``[B, na, H, W, 5 + nc]``: the nl lead levels, then (aux) the nl aux levels.
+            targets: ``[N, 6]`` (image, class, x, y, w, h), xywh normalized to the (square) network input.
+            img_size: network input size in pixels.
+
+        Returns:
+            ``(total, items)``: see the module docstring.
+        """
+        expected = 2 * self.nl if self.aux else self.nl
+        if len(predictions) != expected:
+            raise ValueError(f"expected {expected} prediction levels (aux={self.aux}), got {len(predictions)}")
+        targets = targets.to(predictions[0].device)
+        fine, coarse = self.assign(predictions, targets, img_size)
+        lead = self._head_terms(predictions[: self.nl], fine.positives, targets)
+        if coarse is not None:
+            w = self.hyp.aux_weight
+            aux = [w * t for t in self._head_terms(predictions[self.nl :], coarse.positives, targets)]
+        else:
+            aux = [predictions[0].new_zeros(())] * 3
+        gains = (self.hyp.box, self.hyp.obj, self.hyp.cls)
+        terms = [t * g for t, g in zip(lead, gains)] + [t * g for t, g in zip(aux, gains)]
+        loss = terms[0] + terms[1] + terms[2] + terms[3] + terms[4] + terms[5]
+        items = {k: t.detach() for k, t in zip(LOSS_KEYS, terms)}
+        items["total"] = loss.detach()
+        return loss * predictions[0].shape[0], items
+
+    def _head_terms(self, levels: Sequence[Tensor], positives: Sequence[LevelCells], targets: Tensor) -> list[Tensor]:
+        """Unweighted (box, obj, cls) sums over the levels of one head (lead or aux)."""
+        eps = self.hyp.label_smoothing
+        cp, cn = 1.0 - 0.5 * eps, 0.5 * eps
+        zero = levels[0].new_zeros(())
+        lbox, lobj, lcls = zero, zero, zero
+        obj_pw = torch.tensor([self.hyp.obj_pw], device=levels[0].device)
+        cls_pw = torch.tensor([self.hyp.cls_pw], device=levels[0].device)
+        for i, (p, pos) in enumerate(zip(levels, positives)):
+            tobj = torch.zeros_like(p[..., 0])
+            if len(pos):
+                ps = p[pos.b, pos.a, pos.gj, pos.gi]  # [n, 5 + nc]
+                pxy = ps[:, :2].sigmoid() * 2.0 - 0.5
+                pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * pos.anchor_wh
+                h, w = p.shape[2], p.shape[3]
+                gain = torch.tensor([w, h, w, h], device=p.device, dtype=torch.float32)
+                tbox = targets[pos.gt, 2:6].float() * gain
+                tbox[:, :2] -= torch.stack((pos.gi, pos.gj), dim=1)
+                ciou = ciou_xywh(torch.cat((pxy, pwh), dim=1), tbox)
+                lbox = lbox + (1.0 - ciou).mean()
+                _write_last(tobj, pos, (1.0 - self.hyp.gr) + self.hyp.gr * ciou.detach().clamp(0).to(tobj.dtype))
+                if self.nc > 1:
+                    t = torch.full_like(ps[:, 5:], cn)
+                    t[torch.arange(len(pos), device=p.device), targets[pos.gt, 1].long()] = cp
+                    lcls = lcls + F.binary_cross_entropy_with_logits(ps[:, 5:], t, pos_weight=cls_pw)
+            lobj = lobj + F.binary_cross_entropy_with_logits(p[..., 4], tobj, pos_weight=obj_pw) * self.balance[i]
+        return [lbox, lobj, lcls]
+
+
+def _write_last(tobj: Tensor, pos: LevelCells, values: Tensor) -> None:
+    """``tobj[b, a, gj, gi] = values`` where, for a cell listed twice, the later entry wins (official CPU order)."""
+    _, na, h, w = tobj.shape
+    key = ((pos.b * na + pos.a) * h + pos.gj) * w + pos.gi
+    cells, inverse = torch.unique(key, return_inverse=True)
+    last = torch.full_like(cells, -1).scatter_reduce(0, inverse, torch.arange(len(key), device=key.device), "amax")
+    tobj.view(-1)[cells] = values[last]
