@@ -199,7 +199,7 @@ def test_images_are_rgb_chw(tmp_path: Path) -> None:
     assert sample.image[0, 32, 32] == 255 and sample.image[2, 32, 32] == 0
 
 
-def test_val_mode_letterbox_and_rect_batches(demo, bccd_root: Path) -> None:  # noqa: ANN001
+def test_val_mode_letterbox_and_rect_batches(bccd_root: Path) -> None:
     ds = check_dataset(load_dataset(bccd_root), decode=False).dataset
     loader = create_val_loader(ds, img_size=320, batch_size=4, workers=0)
     batch = next(iter(loader))
@@ -331,3 +331,15 @@ def test_polygon_dataset_through_the_training_pipeline(tmp_path: Path) -> None:
         s = data[(i, 0)]
         assert s.image.shape == (3, 64, 64) and s.counts.input == s.counts.kept + s.counts.lost
         assert ((s.targets[:, 2:] >= 0) & (s.targets[:, 2:] <= 1)).all()
+
+
+def test_sampler_shards_for_distributed_training() -> None:
+    from core.data.loader import EpochSampler
+
+    shards = []
+    for rank in range(3):
+        sampler = EpochSampler(10, shuffle=True, seed=1, num_replicas=3, rank=rank)
+        sampler.set_epoch(4)
+        shards.append([i for i, epoch in sampler if epoch == 4])
+        assert len(sampler) == 4 == len(shards[-1])
+    assert sorted(set(sum(shards, []))) == list(range(10))  # every image, 2 repeated to pad 10 -> 12

@@ -126,8 +126,10 @@ def image_sizes_figure(stats: DatasetStats) -> go.Figure:
         )
     )
     fig.update_layout(title="Image sizes", xaxis_title="width (px)", yaxis_title="height (px)")
-    fig.update_xaxes(rangemode="tozero")
-    fig.update_yaxes(rangemode="tozero")
+    max_w = max((w for w, _ in sizes), default=1)
+    max_h = max((h for _, h in sizes), default=1)
+    fig.update_xaxes(range=[0, max_w * 1.25])  # room for the labels
+    fig.update_yaxes(range=[0, max_h * 1.2])
     return fig
 
 

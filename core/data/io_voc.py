@@ -124,7 +124,7 @@ def read_voc(path: Path, class_names: list[str] | None = None) -> DetectionDatas
 
     records: list[ImageRecord] = []
     for stem in sorted(set(images_by_stem) | set(parsed)):
-        entry: tuple[Path | None, dict | None] = parsed[stem] if stem in parsed else (None, None)
+        entry: tuple[Path | None, dict | None] = parsed.get(stem, (None, None))
         xml_file, info = entry
         image = images_by_stem.get(stem)
         if image is None and info is not None and info.get("filename"):

@@ -71,19 +71,30 @@ def collate(samples: Sequence[Sample]) -> Batch:
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Yields ``(index, epoch)``; shuffles with a generator seeded by (seed, epoch) when ``shuffle``."""
+    """Yields ``(index, epoch)``; shuffles with a generator seeded by (seed, epoch) when ``shuffle``.
 
-    def __init__(self, n: int, shuffle: bool, seed: int = 0) -> None:
+    For distributed training set ``num_replicas`` and ``rank`` (before iterating): every rank draws the same
+    permutation, padded by wrapping around to a multiple of ``num_replicas``, and takes every ``num_replicas``-th
+    index from ``rank`` (as ``torch.utils.data.DistributedSampler`` does).
+    """
+
+    def __init__(self, n: int, shuffle: bool, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
         self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+        self.num_replicas, self.rank = num_replicas, rank
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return math.ceil(self.n / self.num_replicas) if self.n else 0
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = np.random.default_rng((self.seed, self.epoch)).permutation(self.n) if self.shuffle else range(self.n)
+        order = (
+            np.random.default_rng((self.seed, self.epoch)).permutation(self.n) if self.shuffle else np.arange(self.n)
+        )
+        if self.num_replicas > 1 and self.n:
+            total = len(self) * self.num_replicas
+            order = np.resize(order, total)[self.rank : total : self.num_replicas]
         return iter([(int(i), self.epoch) for i in order])
 
 

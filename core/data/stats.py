@@ -173,7 +173,9 @@ def compute_stats(
         class_names=names,
         split_images=dataset.split_counts(),
         boxes_per_class={n: class_counts[i] for i, n in enumerate(names)},
-        boxes_per_class_split={s: {n: c[i] for i, n in enumerate(names)} for s, c in per_split.items()},
+        boxes_per_class_split={
+            s: {n: per_split[s][i] for i, n in enumerate(names)} for s in dataset.split_names if s in per_split
+        },
         image_sizes=dict(sizes.most_common()),
         size_buckets=buckets,
         box_wh=box_wh,
