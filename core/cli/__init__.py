@@ -20,6 +20,10 @@ _COMMANDS: list[str] = [
     "conformance",
     "demo",
     "data",
+    "reparam",
+    "detect",
+    "export",
+    "train",
 ]
 
 

@@ -107,6 +107,7 @@ class Layout:
     lead_from: list[int]
     aux_from: list[int]
     graph: Graph
+    backbone_end: int  # index of the first layer after the backbone (the SPP block)
 
 
 def build_layers(spec: ModelSpec, with_aux: bool) -> Layout:
@@ -133,6 +134,7 @@ def build_layers(spec: ModelSpec, with_aux: bool) -> Layout:
         x, _ = g.block(x, e, spec.eelan)
         stage_out.append(x)
     # -- SPP -----------------------------------------------------------------------------------------------
+    backbone_end = g.last + 1
     if spec.family == "tiny":
         x = g.tiny_spp(x, spec.spp)
     else:
@@ -160,4 +162,4 @@ def build_layers(spec: ModelSpec, with_aux: bool) -> Layout:
     if with_aux:
         aux_in = td_tap[::-1]  # P3 tap, ..., top tap (= SPP)
         aux_from = [g.conv(f, c, 3) for f, c in zip(aux_in, spec.aux)]
-    return Layout(lead_from, aux_from, g)
+    return Layout(lead_from, aux_from, g, backbone_end)

@@ -68,6 +68,7 @@ class Yolo(nn.Module):
         self.save = sorted({j for m in g.layers for j in ([m.f] if isinstance(m.f, int) else m.f) if j >= 0})
         self.lead_from = layout.lead_from
         self.aux_from = layout.aux_from
+        self.backbone_end = layout.backbone_end
         self._aux_layers = set(layout.aux_from)
         self._save = set(self.save)
 

@@ -1,0 +1,83 @@
+"""Training configuration: one frozen dataclass, written to the run directory as the resolved config."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on (the CLI flags of ``yolov7-studio train``).
+
+    Recipe fields left at their defaults follow the official recipe, except ``warmup_min_iters`` (official
+    1000 iterations, which covers the whole run on small datasets) and ``nbs`` (see the README).
+    """
+
+    data: str
+    model: str = "yolov7-tiny"
+    width: float = 1.0  # channel-width multiple of the model (official width_multiple); < 1 for quick experiments
+    out: str = "runs/train"
+    weights: str | None = None  # our checkpoint or an official .pt: fine-tune from it
+    aux: bool | None = None  # auxiliary head (default: as the official training config)
+    epochs: int = 100
+    img: int = 640
+    batch: int = 16
+    device: str = "auto"
+    hyp: str = "auto"  # p5 | p6 | tiny | custom | path to a YAML file; auto: tiny for tiny models, p6 for P6
+    hyp_overrides: dict[str, float] = field(default_factory=dict)
+    workers: int = 2
+    seed: int = 0
+    optimizer: str = "sgd"  # sgd | adam | adamw
+    lr_schedule: str = "cosine"  # cosine (official one-cycle) | linear
+    nbs: int = 64  # nominal batch size: gradients are accumulated to it, weight decay scaled to it
+    warmup_min_iters: int = 100  # official: 1000
+    ema: bool = True
+    amp: bool = True  # mixed precision on CUDA
+    bf16: bool = False  # bf16 autocast on CPU (see the benchmark for when it pays off)
+    multi_scale: bool = False
+    image_weights: bool = False
+    freeze: tuple[int, ...] = ()  # layer indices whose parameters are frozen
+    label_smoothing: float = 0.0
+    cache_images: bool = False
+    autoanchor: bool = True
+    patience: int = 0  # early stopping: epochs without fitness improvement (0 = off)
+    eval_interval: int = 1  # evaluate every N epochs (and always after the last)
+    eval_conf: float = 0.001
+    eval_iou: float = 0.65
+    val_split: str = "val"
+    train_split: str = "train"
+    close_mosaic: int = 0  # turn mosaic/mixup off for the last N epochs (0 = official: never)
+    save_period: int = 0  # also keep weights/epoch{N}.pt every N epochs (0 = off)
+    sync_bn: bool = False
+    objectness_every: int = 0  # lead/aux objectness maps of a fixed val image every N epochs (0 = off)
+    max_steps: int = 0  # stop after this many optimizer iterations (0 = no limit; for tests and smoke runs)
+    progress: bool = True
+    plots: str = "all"  # all (HTML + PNG at the end) | html | none
+    name: str | None = None
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["freeze"] = list(self.freeze)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training settings: {sorted(unknown)}")
+        d = dict(d)
+        if "freeze" in d:
+            d["freeze"] = tuple(d["freeze"] or ())
+        return cls(**d)
+
+    def write(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        payload = {"config": self.to_dict(), **(extra or {})}
+        Path(path).write_text(json.dumps(payload, indent=1, default=str))

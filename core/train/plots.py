@@ -1,0 +1,122 @@
+"""Plotly figures of a run: losses and mAP per epoch (from results.csv), PR curves and confusion matrix (from
+the last evaluation). Saved as standalone HTML and, through kaleido, PNG."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from core.train.hooks import Hook
+
+LOSSES = ("box", "obj", "cls", "aux_box", "aux_obj", "aux_cls")
+
+
+def _col(rows: list[dict[str, Any]], key: str) -> list[float]:
+    return [float(r.get(key, math.nan)) if r.get(key) not in ("", None) else math.nan for r in rows]
+
+
+def losses_figure(rows: list[dict[str, Any]]) -> go.Figure:
+    """Lead losses (solid) and auxiliary losses (dashed) per epoch."""
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("box (CIoU)", "objectness", "classification"))
+    epochs = _col(rows, "epoch")
+    colours = {"box": "#1f77b4", "obj": "#d62728", "cls": "#2ca02c"}
+    for j, base in enumerate(("box", "obj", "cls")):
+        fig.add_scatter(x=epochs, y=_col(rows, base), name=f"lead {base}", mode="lines+markers", row=1, col=j + 1,
+                        line={"color": colours[base]})
+        aux = _col(rows, f"aux_{base}")
+        if any(v > 0 for v in aux if not math.isnan(v)):
+            fig.add_scatter(x=epochs, y=aux, name=f"aux {base} (x0.25 weight)", mode="lines+markers", row=1,
+                            col=j + 1, line={"color": colours[base], "dash": "dash"})
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(title="training losses (lead head solid, auxiliary head dashed)", height=380, width=1100)
+    return fig
+
+
+def metrics_figure(rows: list[dict[str, Any]]) -> go.Figure:
+    """mAP50, mAP50-95 (pycocotools), precision and recall per epoch."""
+    fig = go.Figure()
+    epochs = _col(rows, "epoch")
+    for key, colour in (("mAP50", "#1f77b4"), ("mAP50-95", "#ff7f0e"), ("precision", "#2ca02c"),
+                        ("recall", "#9467bd")):
+        fig.add_scatter(x=epochs, y=_col(rows, key), name=key, mode="lines+markers", line={"color": colour})
+    fig.update_layout(title="validation metrics per epoch (EMA model; mAP from pycocotools)",
+                      xaxis_title="epoch", yaxis={"range": [0, 1]}, height=420, width=800)
+    return fig
+
+
+def pr_figure(result: Any) -> go.Figure:
+    """Precision-recall curve per class at IoU 0.5, with AP50 in the legend."""
+    curves = result.curves
+    fig = go.Figure()
+    for c, name in enumerate(result.class_names):
+        if curves.n_gt[c] == 0:
+            continue
+        order = np.argsort(curves.recall[c])
+        ap50 = result.coco.per_class_ap50.get(name, float("nan"))
+        fig.add_scatter(x=curves.recall[c][order], y=curves.precision[c][order], mode="lines",
+                        name=f"{name} (AP50 {ap50:.3f})")
+    fig.update_layout(title=f"precision-recall at IoU 0.5 (mAP50 {result.coco.map50:.3f})", xaxis_title="recall",
+                      yaxis_title="precision", xaxis={"range": [0, 1]}, yaxis={"range": [0, 1.02]},
+                      height=500, width=650)
+    return fig
+
+
+def confusion_figure(result: Any) -> go.Figure:
+    """Confusion matrix (conf 0.25, IoU 0.45), normalised per true class; counts on hover."""
+    m = np.asarray(result.confusion, dtype=np.float64)
+    labels = [*result.class_names, "background"]
+    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+    text = [[f"{int(v)}" for v in row] for row in m]
+    fig = go.Figure(go.Heatmap(z=norm, x=[f"pred {n}" for n in labels], y=[f"true {n}" for n in labels],
+                               text=text, texttemplate="%{text}", colorscale="Blues", zmin=0, zmax=1,
+                               colorbar={"title": "share of row"}))
+    fig.update_layout(title="confusion matrix (counts; colour = share of the true class; conf 0.25, IoU 0.45)",
+                      yaxis={"autorange": "reversed"}, height=520, width=640)
+    return fig
+
+
+def save_figure(fig: go.Figure, path_no_suffix: Path, png: bool = True) -> list[Path]:
+    """Write ``.html`` (plotly.js inlined, works offline) and ``.png`` (kaleido; skipped if no browser)."""
+    from core.data.figures import ensure_browser_path
+
+    out = [path_no_suffix.with_suffix(".html")]
+    fig.write_html(out[0], include_plotlyjs=True, full_html=True)
+    if png and ensure_browser_path():
+        try:
+            fig.write_image(path_no_suffix.with_suffix(".png"), scale=1)
+            out.append(path_no_suffix.with_suffix(".png"))
+        except Exception:  # noqa: BLE001 - a missing/broken browser must not fail a training run
+            pass
+    return out
+
+
+def write_run_plots(run_dir: Any, result: Any | None, png: bool = True) -> list[Path]:
+    """All run plots into ``<run>/plots``."""
+    rows = run_dir.read_results()
+    written: list[Path] = []
+    if rows:
+        written += save_figure(losses_figure(rows), run_dir.plots / "losses", png)
+        written += save_figure(metrics_figure(rows), run_dir.plots / "metrics", png)
+    if result is not None:
+        written += save_figure(pr_figure(result), run_dir.plots / "pr_curves", png)
+        written += save_figure(confusion_figure(result), run_dir.plots / "confusion_matrix", png)
+    return written
+
+
+class PlotHook(Hook):
+    """HTML plots after every evaluated epoch, HTML + PNG at the end of the run."""
+
+    def after_epoch(self) -> None:
+        t = self.trainer
+        if t.is_main and t.cfg.plots != "none":
+            write_run_plots(t.run, getattr(t, "last_eval", None), png=False)
+
+    def after_train(self) -> None:
+        t = self.trainer
+        if t.is_main and hasattr(t, "run") and t.cfg.plots != "none":
+            write_run_plots(t.run, getattr(t, "last_eval", None), png=t.cfg.plots == "all")

@@ -1,0 +1,268 @@
+"""The pieces the trainer is assembled from: device and seeds, data, hyperparameters, model, loss, loaders,
+distributed wrapping, RNG state capture, progress bars and evaluation. Kept apart so that ``trainer.py`` reads
+as the training loop and nothing else."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.train.config import TrainConfig
+
+
+# -- distributed ------------------------------------------------------------------------------------------------
+def distributed_rank_world() -> tuple[int, int]:
+    """(rank, world size) from the torchrun environment; (0, 1) when not distributed."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def training_device(spec: str, rank: int) -> torch.device:
+    """The device of this process; under torchrun with CUDA, ``cuda:LOCAL_RANK``. Starts the process group."""
+    from core.device import select_device
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    device = select_device(spec)
+    if world > 1:
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def wrap_distributed(model: nn.Module, device: torch.device, sync_bn: bool, world: int) -> nn.Module:
+    """DistributedDataParallel (optionally with SyncBatchNorm) under torchrun; the model itself otherwise."""
+    if world <= 1:
+        return model
+    if sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, output_device=device.index if ids else None)
+
+
+def cleanup_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+# -- randomness ------------------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch RNG states as plain data (checkpoints are loaded with ``weights_only``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- data ------------------------------------------------------------------------------------------------------------
+def prepare_dataset(cfg: TrainConfig, log: Any) -> tuple[Any, dict[str, Any]]:
+    """Load and check the dataset; returns the cleaned dataset and a summary. Clear errors for unusable data."""
+    from core.data.check import check_dataset
+    from core.data.load import load_dataset
+
+    dataset = load_dataset(cfg.data)
+    report = check_dataset(dataset, decode=True)
+    ds = report.dataset
+    if not ds.images:
+        raise ValueError(f"{cfg.data}: no usable images ({len(report.issues)} problems; run "
+                         f"`yolov7-studio data check {cfg.data}` for the list)")
+    train = ds.split(cfg.train_split)
+    if not train:
+        raise ValueError(f"{cfg.data}: no images in the '{cfg.train_split}' split (splits: {ds.split_counts()})")
+    if sum(r.num_boxes for r in train) == 0:
+        raise ValueError(f"{cfg.data}: the '{cfg.train_split}' split has no labelled boxes")
+    counts = np.bincount(np.concatenate([r.classes for r in train]), minlength=ds.num_classes)
+    missing = [n for n, c in zip(ds.class_names, counts) if c == 0]
+    if missing:
+        log(f"warning: classes without any training box (their AP stays 0): {', '.join(missing)}")
+    if report.defective_boxes or report.left_out_images:
+        log(f"data check: {report.left_out_images} images left out, {report.left_out_boxes} boxes dropped, "
+            f"{report.clipped_boxes} clipped (details: `yolov7-studio data check {cfg.data}`)")
+    summary = {"path": str(cfg.data), "format": ds.format, "classes": list(ds.class_names),
+               "splits": ds.split_counts(), "boxes": ds.num_boxes, "split_source": ds.split_info.describe(),
+               "issues": report.counts_by_kind()}
+    log(f"data: {ds.format} dataset, {len(ds.images)} images {ds.split_counts()}, {ds.num_boxes} boxes, "
+        f"{ds.num_classes} classes")
+    return ds, summary
+
+
+def val_split(cfg: TrainConfig, dataset: Any) -> str:
+    """The split to evaluate on: ``cfg.val_split`` if it has images, else test, else train (logged)."""
+    for name in (cfg.val_split, "val", "test", cfg.train_split):
+        if dataset.split(name):
+            return name
+    return cfg.train_split
+
+
+def resolve_hyp(cfg: TrainConfig) -> Any:
+    from core.data.hyp import get_hyp
+    from core.models import get_spec
+
+    name = cfg.hyp
+    if name == "auto":
+        spec = get_spec(cfg.model) if not Path(cfg.model).suffix else None
+        family = spec.family if spec else "p5"
+        name = {"tiny": "tiny", "p6": "p6"}.get(family, "p5")
+    hyp = get_hyp(name)
+    return hyp.replace(**cfg.hyp_overrides) if cfg.hyp_overrides else hyp
+
+
+def train_loader(cfg: TrainConfig, dataset: Any, hyp: Any, rank: int, world: int) -> Any:
+    from core.data.loader import create_train_loader
+
+    loader = create_train_loader(dataset, cfg.img, cfg.batch, hyp, cfg.workers, cfg.seed, split=cfg.train_split,
+                                 cache_images=cfg.cache_images)
+    if world > 1:
+        loader.sampler.num_replicas, loader.sampler.rank = world, rank
+    return loader
+
+
+def set_mosaic(loader: Any, hyp: Any, enabled: bool) -> None:
+    """Turn mosaic (and MixUp, which needs it) on or off for the coming epoch (``close_mosaic``)."""
+    ds = loader.dataset
+    ds.hyp = hyp if enabled else hyp.replace(mosaic=0.0, mixup=0.0)
+    ds.mosaic = enabled and ds.augment and not ds.rect and hyp.mosaic > 0
+
+
+def multi_scale(imgs: torch.Tensor, cfg: TrainConfig, epoch: int, step: int, stride: int) -> torch.Tensor:
+    """Official multi-scale, with the size drawn from an RNG seeded by (seed, epoch, step) for exact resume."""
+    from core.data.loader import multi_scale_resize
+
+    rng = random.Random(hash((cfg.seed, epoch, step)))
+    return multi_scale_resize(imgs, cfg.img, max(stride, 32), rng)
+
+
+# -- model ---------------------------------------------------------------------------------------------------------
+def read_resume_checkpoint(path: Path) -> dict[str, Any]:
+    from core.checkpoint.io import CheckpointError, read_checkpoint
+
+    file = path / "weights" / "last.pt" if path.is_dir() else path
+    ckpt = read_checkpoint(file)
+    if not ckpt.get("train") or "scheduler" not in ckpt["train"]:
+        raise CheckpointError(f"{file}: has no training state to resume from (was it written by `train`?)")
+    return ckpt
+
+
+def build_or_load_model(cfg: TrainConfig, dataset: Any, ckpt: dict[str, Any] | None) -> tuple[Any, str | None]:
+    """A resumed model, a model fine-tuned from ``cfg.weights``, or a fresh one; plus a note for the log."""
+    from core.checkpoint.io import build_from_record, load_model
+    from core.models import build_model
+
+    names = list(dataset.class_names)
+    if ckpt is not None:
+        model = build_from_record(ckpt["model"])
+        model.load_state_dict(ckpt["state_dict"])
+        if list(model.names) != names:
+            raise ValueError(f"cannot resume: the checkpoint's classes {model.names} differ from the dataset's {names}")
+        return model, None
+    if cfg.weights:
+        loaded = load_model(cfg.weights, class_names=names, aux=cfg.aux)
+        model = loaded.model
+        if any(type(m).__name__ == "Conv" and not hasattr(m, "bn") for m in model.modules()):
+            raise ValueError(f"{cfg.weights}: a fused deploy model cannot be trained; use a training checkpoint")
+        note = f"fine-tuning from {cfg.weights}: {loaded.description}"
+        if loaded.transfer is not None and not loaded.transfer.exact:
+            note += "\n" + loaded.transfer.summary()
+        return model, note
+    from core.models import get_spec, scale_width
+
+    spec = get_spec(cfg.model) if cfg.width == 1.0 else scale_width(get_spec(cfg.model), cfg.width)
+    return build_model(spec, len(names), aux=cfg.aux, class_names=names), None
+
+
+def freeze_layers(model: nn.Module, layers: tuple[int, ...], log: Any) -> None:
+    if not layers:
+        return
+    prefixes = tuple(f"model.{i}." for i in layers)
+    frozen = 0
+    for name, p in model.named_parameters():
+        if name.startswith(prefixes):
+            p.requires_grad_(False)
+            frozen += p.numel()
+    log(f"froze layers {list(layers)} ({frozen:,} parameters)")
+
+
+def check_anchors(model: Any, dataset: Any, cfg: TrainConfig, hyp: Any) -> str:
+    """Official autoanchor: if the best possible recall of the anchors is below 0.98, evolve new ones."""
+    from core.train.autoanchor import check_and_evolve
+
+    return check_and_evolve(model, dataset, cfg.img, hyp.anchor_t, split=cfg.train_split, seed=cfg.seed)
+
+
+def build_loss(model: Any, hyp: Any, img_size: int, label_smoothing: float) -> Any:
+    from dataclasses import replace
+
+    from core.loss import LossHyp, YoloLoss
+
+    lh = LossHyp.from_dict(hyp.to_dict()).scaled(model.num_levels, model.nc, img_size)
+    lh = replace(lh, label_smoothing=label_smoothing)
+    return YoloLoss.from_model(model, lh, aux=model.aux)
+
+
+# -- running ---------------------------------------------------------------------------------------------------------
+def autocast(device: torch.device, amp: bool, bf16: bool) -> contextlib.AbstractContextManager:
+    if device.type == "cuda" and amp:
+        return torch.autocast("cuda", dtype=torch.float16)
+    if device.type == "cpu" and bf16:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def progress(loader: Any, total: int, desc: str, enabled: bool, start: int = 0) -> Any:
+    if not enabled:
+        return loader
+    from tqdm import tqdm
+
+    return tqdm(loader, total=total, desc=desc, initial=0, dynamic_ncols=True, leave=True,
+                bar_format="{l_bar}{bar:20}{r_bar}")
+
+
+def update_progress(pbar: Any, losses: dict[str, float], size: int) -> None:
+    if hasattr(pbar, "set_postfix_str"):
+        aux = losses["aux_box"] + losses["aux_obj"] + losses["aux_cls"]
+        pbar.set_postfix_str(f"box {losses['box']:.4f} obj {losses['obj']:.4f} cls {losses['cls']:.4f}"
+                             + (f" aux {aux:.4f}" if aux else "") + f" img {size}", refresh=False)
+
+
+def close_progress(pbar: Any) -> None:
+    if hasattr(pbar, "close"):
+        pbar.close()
+
+
+def evaluate_model(model: Any, dataset: Any, cfg: TrainConfig, device: torch.device,
+                   save_json: str | Path | None = None) -> Any:
+    from core.eval import evaluate
+    from core.nms import NmsConfig
+
+    return evaluate(model, dataset, val_split(cfg, dataset), img_size=cfg.img, batch_size=max(cfg.batch, 8),
+                    workers=min(cfg.workers, 2), nms=NmsConfig(conf=cfg.eval_conf, iou=cfg.eval_iou, multi_label=True),
+                    device=device, save_json=save_json)
