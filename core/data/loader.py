@@ -81,6 +81,7 @@ class EpochSampler(torch.utils.data.Sampler):
     def __init__(self, n: int, shuffle: bool, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
         self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
         self.num_replicas, self.rank = num_replicas, rank
+        self.weights: np.ndarray | None = None  # image weights: draw n indices with replacement, p ~ weights
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -89,9 +90,12 @@ class EpochSampler(torch.utils.data.Sampler):
         return math.ceil(self.n / self.num_replicas) if self.n else 0
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = (
-            np.random.default_rng((self.seed, self.epoch)).permutation(self.n) if self.shuffle else np.arange(self.n)
-        )
+        rng = np.random.default_rng((self.seed, self.epoch))
+        if self.weights is not None and self.n:
+            p = np.asarray(self.weights, dtype=np.float64)
+            order = rng.choice(self.n, size=self.n, replace=True, p=p / p.sum())
+        else:
+            order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
         if self.num_replicas > 1 and self.n:
             total = len(self) * self.num_replicas
             order = np.resize(order, total)[self.rank : total : self.num_replicas]

@@ -36,12 +36,14 @@ def match_image(det: torch.Tensor, gt_boxes: torch.Tensor, gt_classes: torch.Ten
 
 
 def _interp_ap(recall: np.ndarray, precision: np.ndarray) -> float:
-    """101-point interpolated AP of one precision/recall curve (precision made monotone)."""
-    mrec = np.concatenate(([0.0], recall, [1.0]))
-    mpre = np.concatenate(([1.0], precision, [0.0]))
-    mpre = np.flip(np.maximum.accumulate(np.flip(mpre)))
-    x = np.linspace(0, 1, 101)
-    return float(np.mean(np.interp(x, mrec, mpre, right=0.0)))
+    """101-point interpolated AP as COCO computes it: at each recall r in 0, 0.01, ..., 1 the best precision
+    reached at a recall >= r (0 when r is never reached)."""
+    if recall.size == 0:
+        return 0.0
+    envelope = np.flip(np.maximum.accumulate(np.flip(precision)))
+    idx = np.searchsorted(recall, np.linspace(0, 1, 101), side="left")
+    q = np.where(idx < recall.size, envelope[np.minimum(idx, recall.size - 1)], 0.0)
+    return float(q.mean())
 
 
 @dataclass

@@ -25,7 +25,7 @@ class TrainConfig:
     aux: bool | None = None  # auxiliary head (default: as the official training config)
     epochs: int = 100
     img: int = 640
-    batch: int = 16
+    batch: int = 16  # total batch size over all processes (official --batch-size)
     device: str = "auto"
     hyp: str = "auto"  # p5 | p6 | tiny | custom | path to a YAML file; auto: tiny for tiny models, p6 for P6
     hyp_overrides: dict[str, float] = field(default_factory=dict)

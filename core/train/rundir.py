@@ -70,6 +70,8 @@ class RunDir:
     def create(self) -> RunDir:
         for d in (self.root, self.weights, self.plots):
             d.mkdir(parents=True, exist_ok=True)
+        for stale in (*self.weights.glob(".*.tmp"), *self.root.glob(".*.tmp")):  # left by a killed process
+            stale.unlink(missing_ok=True)
         return self
 
     # -- status ---------------------------------------------------------------------------------------------

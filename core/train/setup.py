@@ -44,7 +44,7 @@ def wrap_distributed(model: nn.Module, device: torch.device, sync_bn: bool, worl
     """DistributedDataParallel (optionally with SyncBatchNorm) under torchrun; the model itself otherwise."""
     if world <= 1:
         return model
-    if sync_bn:
+    if sync_bn and device.type == "cuda":  # PyTorch's SyncBatchNorm runs on CUDA only
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, output_device=device.index if ids else None)
@@ -139,8 +139,10 @@ def resolve_hyp(cfg: TrainConfig) -> Any:
 def train_loader(cfg: TrainConfig, dataset: Any, hyp: Any, rank: int, world: int) -> Any:
     from core.data.loader import create_train_loader
 
-    loader = create_train_loader(dataset, cfg.img, cfg.batch, hyp, cfg.workers, cfg.seed, split=cfg.train_split,
-                                 cache_images=cfg.cache_images)
+    if cfg.batch % world:
+        raise ValueError(f"--batch {cfg.batch} (the total batch) must be divisible by the {world} processes")
+    loader = create_train_loader(dataset, cfg.img, cfg.batch // world, hyp, cfg.workers, cfg.seed,
+                                 split=cfg.train_split, cache_images=cfg.cache_images)
     if world > 1:
         loader.sampler.num_replicas, loader.sampler.rank = world, rank
     return loader
@@ -266,3 +268,33 @@ def evaluate_model(model: Any, dataset: Any, cfg: TrainConfig, device: torch.dev
     return evaluate(model, dataset, val_split(cfg, dataset), img_size=cfg.img, batch_size=max(cfg.batch, 8),
                     workers=min(cfg.workers, 2), nms=NmsConfig(conf=cfg.eval_conf, iou=cfg.eval_iou, multi_label=True),
                     device=device, save_json=save_json)
+
+
+# -- image weights -------------------------------------------------------------------------------------------------
+def class_weights(dataset: Any, split: str, nc: int) -> np.ndarray:
+    """Official ``labels_to_class_weights``: inverse label frequency (empty classes counted once), summing to 1."""
+    labels = [np.asarray(r.classes) for r in dataset.split(split)]
+    counts = np.bincount(np.concatenate(labels).astype(np.int64), minlength=nc)[:nc].astype(np.float64)
+    counts[counts == 0] = 1
+    w = 1.0 / counts
+    return w / w.sum()
+
+
+def image_weights(dataset: Any, split: str, cw: np.ndarray, per_class_map: np.ndarray) -> np.ndarray:
+    """Per image: sum over its labels of ``cw * (1 - mAP_class)^2 / nc`` (official ``--image-weights``)."""
+    nc = len(cw)
+    w_cls = cw * nc * (1 - per_class_map) ** 2 / nc
+    out = np.array([w_cls[np.asarray(r.classes, dtype=np.int64)].sum() for r in dataset.split(split)])
+    out[out <= 0] = w_cls.min() if w_cls.min() > 0 else 1e-6  # images without labels stay drawable
+    return out
+
+
+def sync_flag(flag: bool, world: int) -> bool:
+    """True on every rank when it is true on any rank (stop requests seen by rank 0 reach all ranks)."""
+    if world <= 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

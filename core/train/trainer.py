@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -99,9 +100,10 @@ class Trainer:
         self.loss_fn = S.build_loss(self.model, self.hyp, cfg.img, cfg.label_smoothing)
         self.train_loader = S.train_loader(cfg, self.dataset, self.hyp, self.rank, self.world)
         self.steps_per_epoch = len(self.train_loader)
+        self.class_weights = S.class_weights(self.dataset, cfg.train_split, self.dataset.num_classes)
         if self.steps_per_epoch == 0:
             raise ValueError(f"{cfg.data}: the '{cfg.train_split}' split has no images to train on")
-        total_batch = cfg.batch * self.world
+        total_batch = cfg.batch  # the total over all processes, as the official --batch-size
         self.accumulate = max(round(cfg.nbs / total_batch), 1)
         weight_decay = self.hyp.weight_decay * total_batch * self.accumulate / cfg.nbs
         self.optimizer = build_optimizer(self.model, cfg.optimizer, self.hyp.lr0, self.hyp.momentum, weight_decay)
@@ -115,6 +117,8 @@ class Trainer:
                                               total_iters)
         if ckpt is not None:
             self._restore(ckpt)
+        if cfg.sync_bn and self.world > 1 and self.device.type != "cuda":
+            self.log("note: --sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel): plain BN per process")
         self.net: nn.Module = S.wrap_distributed(self.model, self.device, cfg.sync_bn, self.world)
         extra = {"hyp": self.hyp.to_dict(), "model": {"name": self.model.spec.name, "aux": self.model.aux,
                                                         "num_classes": self.nc, "class_names": self.model.names},
@@ -206,6 +210,11 @@ class Trainer:
         S.set_mosaic(self.train_loader, self.hyp, enabled=not (cfg.close_mosaic and
                                                               self.epoch >= cfg.epochs - cfg.close_mosaic))
         self.train_loader.set_epoch(self.epoch)
+        if cfg.image_weights:
+            maps = np.array([self.metrics.get(f"AP50-95/{n}", 0.0) for n in self.model.names], dtype=np.float64)
+            maps = np.nan_to_num(maps) if self.metrics else np.zeros(self.nc)
+            self.train_loader.sampler.weights = S.image_weights(self.dataset, cfg.train_split, self.class_weights,
+                                                                maps)
         start = self.step
         if start == 0:
             self._loss_sums.zero_()
@@ -221,7 +230,7 @@ class Trainer:
             ni = i + nb * self.epoch
             imgs = batch.images.to(self.device, non_blocking=True).float() / 255
             if ni <= self.warmup_iters:
-                self.accumulate = accumulation(ni, self.warmup_iters, cfg.nbs, cfg.batch * self.world)
+                self.accumulate = accumulation(ni, self.warmup_iters, cfg.nbs, cfg.batch)
                 apply_warmup(self.optimizer, ni, self.warmup_iters, self.lf(self.epoch),
                              warmup_bias_lr=self.hyp.warmup_bias_lr, warmup_momentum=self.hyp.warmup_momentum,
                              momentum=self.hyp.momentum, use_momentum=True)
@@ -263,6 +272,8 @@ class Trainer:
             self._stop_reason = "stop requested"
         if self._stop_reason is None and self.cfg.max_steps and self.iteration >= self.cfg.max_steps:
             self._stop_reason = f"stopped after max_steps={self.cfg.max_steps}"
+        if S.sync_flag(self._stop_reason is not None, self.world) and self._stop_reason is None:
+            self._stop_reason = "stop requested"  # seen on another rank
         return self._stop_reason is not None
 
     def _end_epoch(self) -> None:
