@@ -131,13 +131,15 @@ def run(path: str | Path) -> ForwardReport:
             compare_decoded("fused (BN + RepConv folded)", outputs["_fused"], torch.from_numpy(data["output_fused"]))
         )
         deploy_fused = reparameterize(model)
+        outputs["_deploy"] = deploy_fused(x)
         checks.append(
             compare_decoded(
                 "re-parameterized deploy form vs official fused",
-                deploy_fused(x),
+                outputs["_deploy"],
                 torch.from_numpy(data["output_fused"]),
             )
         )
+        checks.append(_self_check(model, deploy_fused, x))
     if "output_deploy_reparam" in data.files and not variant.deploy:
         deploy = reparameterize(model, fuse=False)
         checks.append(
@@ -153,15 +155,28 @@ def run(path: str | Path) -> ForwardReport:
         dets = non_max_suppression(
             outputs[m["fused"] or ""], conf_thres=float(m["conf"]), iou_thres=float(m["iou"]), multi_label=bool(m["ml"])
         )[0]
-        checks.append(
-            compare_nms(
-                f"NMS conf={m['conf']} iou={m['iou']}{' multi-label' if m['ml'] else ''}"
-                f"{' (fused)' if m['fused'] else ''}",
-                dets,
-                torch.from_numpy(data[key]),
-            )
-        )
+        label = f"NMS conf={m['conf']} iou={m['iou']}{' multi-label' if m['ml'] else ''}"
+        checks.append(compare_nms(label + (" (fused)" if m["fused"] else ""), dets, torch.from_numpy(data[key])))
+        if m["fused"] and "_deploy" in outputs:  # our deploy form must select what the official fused model selects
+            ours = non_max_suppression(
+                outputs["_deploy"], conf_thres=float(m["conf"]), iou_thres=float(m["iou"]), multi_label=bool(m["ml"])
+            )[0]
+            checks.append(compare_nms(f"deploy form {label} vs official fused", ours, torch.from_numpy(data[key])))
     return ForwardReport(str(path), variant.describe(), checks)
+
+
+def _self_check(model: torch.nn.Module, deploy: torch.nn.Module, x: torch.Tensor) -> Check:
+    """The self-check of :func:`core.inference.deploy.check_deploy`, run on the reference input."""
+    from core.inference.deploy import check_deploy
+
+    rep = check_deploy(model, deploy, x)  # type: ignore[arg-type]
+    details: dict[str, float | int | str] = {
+        "raw_rel": rep.raw_rel,
+        "max_box_px": rep.max_box_px,
+        "max_prob": rep.max_prob,
+        "nms_identical": str(rep.nms_identical),
+    }
+    return Check("deploy conversion self-check (ours vs ours)", rep.passed and rep.nms_identical, details)
 
 
 def main(path: str, as_json: bool = False) -> int:

@@ -13,6 +13,7 @@ import copy
 import torch
 from torch import nn
 
+from core.models.blocks import Conv, RepConv
 from core.models.heads import IDetect
 from core.models.yolo import Yolo
 
@@ -27,19 +28,30 @@ def fuse_blocks(model: nn.Module) -> nn.Module:
     return model
 
 
+def is_fused(model: nn.Module) -> bool:
+    """True when some fusable block of ``model`` is already in its fused form."""
+    return any(
+        isinstance(m, Conv) and not hasattr(m, "bn") or isinstance(m, RepConv) and hasattr(m, "rbr_reparam")
+        for m in model.modules()
+    )
+
+
 @torch.no_grad()
 def reparameterize(model: Yolo, *, fuse: bool = True) -> Yolo:
     """Deploy form of ``model`` (a new module in eval mode; ``model`` is not changed).
 
     The implicit terms are folded as ``W' = W * im`` and ``b' = (b + W @ ia) * im``; the auxiliary branch
     (its 3x3 convs and ``m2``) is dropped; anchors (possibly changed by autoanchor) are kept.
-    With ``fuse=False`` the result is the unfused deploy config (``deploy/<name>`` keys).
+    With ``fuse=False`` the result is the unfused deploy config (``deploy/<name>`` keys), unless ``model`` is
+    already fused (e.g. an official ``fuse()``d training model): then the result is fused too.
     """
     if model.deploy:
         out = copy.deepcopy(model).eval()
         return fuse_blocks(out) if fuse else out  # type: ignore[return-value]
     p = next(model.parameters())
     deploy = Yolo(model.spec, model.nc, deploy=True, class_names=model.names).to(device=p.device, dtype=p.dtype)
+    if is_fused(model):
+        fuse_blocks(deploy)  # same key layout as the source (conv.bias / rbr_reparam instead of bn / branches)
     src, dst = model.state_dict(), deploy.state_dict()
     head_i = len(deploy.model) - 1
     for key in dst:

@@ -1,0 +1,39 @@
+"""Deployment and inference: verified deploy conversion, letterbox, predictor, drawing.
+
+>>> from core.inference import Predictor, convert_for_deploy
+>>> conversion = convert_for_deploy(model)          # fused deploy form + self-check report
+>>> print(conversion.check.to_text())
+>>> detections = Predictor(conversion.model)(["a.jpg", "b.png"])
+"""
+
+from __future__ import annotations
+
+from core.inference.deploy import DeployConversion, ReparamCheck, ReparamError, check_deploy, convert_for_deploy
+from core.inference.draw import draw_detections
+from core.inference.letterbox import LetterboxInfo, letterbox, letterbox_geometry
+from core.inference.predictor import Predictor
+from core.inference.probe import probe_image, well_conditioned_
+from core.inference.results import COCO80_TO_COCO91, Detections
+from core.inference.sources import ImageReadError, InputImage, expand_paths, load_inputs, read_image
+
+__all__ = [
+    "COCO80_TO_COCO91",
+    "DeployConversion",
+    "Detections",
+    "ImageReadError",
+    "InputImage",
+    "LetterboxInfo",
+    "Predictor",
+    "ReparamCheck",
+    "ReparamError",
+    "check_deploy",
+    "convert_for_deploy",
+    "draw_detections",
+    "expand_paths",
+    "letterbox",
+    "letterbox_geometry",
+    "load_inputs",
+    "probe_image",
+    "read_image",
+    "well_conditioned_",
+]
