@@ -134,7 +134,7 @@ class YoloLoss(nn.Module):
         Reads ``head.nc``, ``head.anchors`` (``[nl, na, 2]`` grid units), ``head.stride`` (``[nl]``) and, when
         ``aux`` is None, ``head.aux`` (bool; False if the head has no such attribute).
         """
-        head = model.head
+        head: Any = model.head
         if aux is None:
             aux = bool(getattr(head, "aux", False))
         anchors = torch.as_tensor(head.anchors).detach().float().cpu()
@@ -148,15 +148,13 @@ class YoloLoss(nn.Module):
     ) -> tuple[Assignment, Assignment | None]:
         """Fine (lead) and, with an aux head, coarse (aux) assignment, both from the lead predictions."""
         lead = predictions[: self.nl]
-        kw = dict(
-            topk=self.topk,
-            anchor_t=self.hyp.anchor_t,
-            keep_matrices=keep_matrices,
-            max_chunk_elements=self.max_chunk_elements,
-        )
-        fine = assign(lead, targets, self.anchors, self.strides, img_size, coarse=False, **kw)
-        coarse = assign(lead, targets, self.anchors, self.strides, img_size, coarse=True, **kw) if self.aux else None
-        return fine, coarse
+
+        def run(coarse: bool) -> Assignment:
+            return assign(lead, targets, self.anchors, self.strides, img_size, coarse=coarse, topk=self.topk,
+                          anchor_t=self.hyp.anchor_t, keep_matrices=keep_matrices,
+                          max_chunk_elements=self.max_chunk_elements)  # fmt: skip
+
+        return run(False), (run(True) if self.aux else None)
 
     def forward(
         self, predictions: Sequence[Tensor], targets: Tensor, img_size: int

@@ -55,7 +55,7 @@ def assert_same_assignment(ours, ref) -> None:
         assert cells(a) == cells(r), f"level {lv} positives differ"
         assert torch.equal(a.index, r.index)
         assert torch.equal(a.iou, r.iou)
-        assert torch.allclose(a.cost, r.cost, rtol=1e-6, atol=1e-6)
+        assert torch.allclose(a.cost, r.cost, rtol=1e-6, atol=1e-6, equal_nan=True)
     for a, r in zip(ours.candidates, ref.candidates):
         assert cells(a) == cells(r)
         assert torch.equal(a.anchor_wh, r.anchor_wh)

@@ -27,6 +27,9 @@ CASES = [
     ("p5aux-fine-1cls", P5_ANCHORS, P5_STRIDES, 192, 1, False, 20, (0, 40), 1.0),
     ("p6-fine-20cls", P6_ANCHORS, P6_STRIDES, 256, 20, False, 20, (2, 30), 1.5),
     ("p6-coarse-3cls", P6_ANCHORS, P6_STRIDES, 320, 3, True, 20, (0, 35), 1.0),
+    # logits up to +-100: scores round to 0 or 1, inf and NaN costs (as in the official code)
+    ("p5-saturated", P5_ANCHORS, P5_STRIDES, 256, 3, False, 10, (5, 30), 30.0),
+    ("p6-coarse-saturated", P6_ANCHORS, P6_STRIDES, 256, 5, True, 20, (5, 30), 30.0),
 ]
 
 
@@ -47,7 +50,7 @@ def test_vectorized_equals_reference(seed, chunk):
         assert m.image == r.image and torch.equal(m.gt, r.gt)
         assert torch.equal(m.level, r.level) and torch.equal(m.index, r.index)
         assert torch.equal(m.iou, r.iou)
-        assert torch.allclose(m.cost, r.cost, rtol=1e-6, atol=1e-6)
+        assert torch.allclose(m.cost, r.cost, rtol=1e-6, atol=1e-6, equal_nan=True)
         assert torch.equal(m.selected, r.selected)
 
 

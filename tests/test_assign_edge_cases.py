@@ -149,3 +149,12 @@ def test_heavily_overlapping_boxes_resolve_conflicts_by_lowest_cost():
         img2 = [m for m in res.matrices if m.image == 2][0]
         assert bool((img2.selected.sum(0) > 1).any()), "overlapping boxes should contest some cells"
         assert_conflict_rule(res)
+
+
+def test_targets_out_of_range_are_refused():
+    preds = zero_predictions(2, 64, P5_STRIDES, 3)
+    for bad in ([2, 0, 0.5, 0.5, 0.1, 0.1], [0, 3, 0.5, 0.5, 0.1, 0.1], [-1, 0, 0.5, 0.5, 0.1, 0.1]):
+        with pytest.raises(ValueError, match="must lie in"):
+            assign(preds, torch.tensor([bad]), P5_ANCHORS, P5_STRIDES, 64)
+    with pytest.raises(ValueError, match=r"\[N, 6\]"):
+        assign(preds, torch.zeros(3, 5), P5_ANCHORS, P5_STRIDES, 64)

@@ -3,9 +3,10 @@
 The official class cost of box ``g`` (class ``k``) on candidate ``c`` is the float32 sum over all ``nc`` classes of
 ``BCE(x[c, j], j == k)`` with ``x = log(y / (1 - y))``, ``y = sqrt(sigmoid(cls) * sigmoid(obj))``. Summing a full
 row per (candidate, class) is what makes it bit-identical (``exact_class_cost``), but it costs ``nc`` additions
-per matrix entry. ``approx_class_cost`` computes ``S0[c] - L0[c, k] + L1[c, k]`` (one gather per entry) and
-``cost_bound`` bounds its distance to the exact value, so the selection can use the cheap value wherever the
-decision is certain and fall back to exact values where it is not (see ``core.assign.simota``).
+per matrix entry. Since ``BCE(x, 0) - BCE(x, 1) = x``, ``approx_class_cost`` computes ``S0[c] - x[c, k]`` with
+``S0`` the row sum of ``BCE(x, 0)`` (one gather per entry), and ``CandidateTable.bound`` bounds its distance to
+the exact value, so the selection can use the cheap value wherever the decision is certain and fall back to exact
+values where it is not (see ``core.assign.simota``).
 """
 
 from __future__ import annotations
@@ -31,19 +32,24 @@ class CandidateTable:
     """All candidates of a batch as matrix columns, grouped by image (level, then candidate order within one).
 
     ``level``, ``index`` (position in ``candidates[level]``), ``image``: ``[C]`` int64. ``boxes``: ``[C, 4]`` xyxy
-    input pixels. ``bce_neg`` / ``bce_pos``: ``[C, nc]`` per-class BCE against 0 / 1. ``neg_sum``: ``[C]`` float32
-    row sums of ``bce_neg``. ``bound``: ``[C]`` max distance between approximate and exact cost of any box on that
-    column. ``start`` / ``count``: ``[B]`` first column and number of columns of each image.
+    input pixels. ``logit``: ``[C, nc]`` the ``x`` above; ``bce_neg`` / ``bce_pos``: ``[C, nc]`` per-class BCE
+    against 0 / 1 (bit-identical to ``binary_cross_entropy_with_logits``: ``x - logsigmoid(x)`` and
+    ``0 * x - logsigmoid(x)``). ``neg_sum``: ``[C]`` float32 row sums of ``bce_neg``. ``bound``: ``[C]`` max
+    distance between the approximate and the exact cost of any box on that column; ``saturated``: ``[C]`` bool,
+    columns with infinite class terms (bound 0, always computed exactly). ``start`` / ``count``: ``[B]`` first
+    column and number of columns of each image.
     """
 
     level: Tensor
     index: Tensor
     image: Tensor
     boxes: Tensor
+    logit: Tensor
     bce_neg: Tensor
     bce_pos: Tensor
     neg_sum: Tensor
     bound: Tensor
+    saturated: Tensor
     start: Tensor
     count: Tensor
 
@@ -79,14 +85,18 @@ def decode_candidates(
     image = torch.cat(images)
     order = torch.sort(image, stable=True).indices
     x = torch.cat(logits)[order]
-    bce_neg = F.binary_cross_entropy_with_logits(x, torch.zeros_like(x), reduction="none")
-    bce_pos = F.binary_cross_entropy_with_logits(x, torch.ones_like(x), reduction="none")
+    log_sig = F.logsigmoid(x)
+    bce_pos = 0.0 * x - log_sig  # == binary_cross_entropy_with_logits(x, 1) bit for bit, NaN at x = +-inf included
+    bce_neg = x - log_sig  # == binary_cross_entropy_with_logits(x, 0), bit for bit
     neg_sum = bce_neg.sum(-1)
     nc = x.shape[1]
     # Any summation order of n non-negative float32 terms is within (n - 1) * u * sum of the true sum; the approximate
     # value adds 2 more roundings, and adding the IoU term (<= 3 * 18.43) one more on each side. Doubled for safety.
     top = neg_sum + bce_pos.amax(-1)
     bound = 2 * _UNIT_ROUNDOFF * ((2 * nc + 4) * top + 2 * (top + 3 * 18.5))
+    # saturated scores (y rounds to 0 or 1, so x = -+inf) give inf/NaN terms: such columns always get exact costs
+    saturated = ~torch.isfinite(bound)
+    bound = bound.masked_fill(saturated, 0.0)
     image = image[order]
     count = torch.bincount(image, minlength=batch)
     return CandidateTable(
@@ -94,10 +104,12 @@ def decode_candidates(
         index=torch.cat(index)[order],
         image=image,
         boxes=torch.cat(boxes)[order],
+        logit=x,
         bce_neg=bce_neg,
         bce_pos=bce_pos,
         neg_sum=neg_sum,
         bound=bound,
+        saturated=saturated,
         start=torch.cumsum(count, 0) - count,
         count=count,
     )
@@ -117,10 +129,8 @@ def exact_class_cost(table: CandidateTable, col: Tensor, cls: Tensor, max_elemen
 
 
 def approx_class_cost(table: CandidateTable, col: Tensor, cls: Tensor) -> Tensor:
-    """Class cost ``S0[c] - L0[c, k] + L1[c, k]`` for any shape of ``col`` (with ``cls`` broadcast to it).
+    """Class cost ``S0[c] - x[c, k]`` for any shape of ``col`` (with ``cls`` broadcast to it).
 
     Within ``table.bound[c]`` of ``exact_class_cost`` (after adding the IoU term).
     """
-    nc = table.bce_neg.shape[1]
-    flat = col * nc + cls
-    return table.neg_sum[col] - table.bce_neg.view(-1)[flat] + table.bce_pos.view(-1)[flat]
+    return table.neg_sum[col] - table.logit.view(-1)[col * table.logit.shape[1] + cls]

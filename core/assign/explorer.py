@@ -125,9 +125,13 @@ def explain_assignment(
     nl = len(strides)
     lead = list(predictions[:nl])
     topk = topk if topk is not None else (20 if aux else 10)
-    kw = dict(topk=topk, anchor_t=anchor_t, keep_matrices=True)
-    fine = assign(lead, targets, anchors, strides, img_size, coarse=False, **kw)
-    coarse = assign(lead, targets, anchors, strides, img_size, coarse=True, **kw) if aux else None
+
+    def run(coarse: bool) -> Assignment:
+        return assign(lead, targets, anchors, strides, img_size, coarse=coarse, topk=topk, anchor_t=anchor_t,
+                      keep_matrices=True)  # fmt: skip
+
+    fine = run(False)
+    coarse = run(True) if aux else None
     grids = [(int(p.shape[2]), int(p.shape[3])) for p in lead]
     stride_list = [float(s) for s in strides]
     t = targets.detach().float().cpu()
@@ -177,8 +181,8 @@ def _set_views(kind: str, result: Assignment, n_boxes: int, strides: list[float]
     for m_i, m in enumerate(mats):
         for r, g in enumerate(m.gt.tolist()):
             row_of[g] = (m_i, r)
-        for c, (lv, ix) in enumerate(zip(m.level.tolist(), m.index.tolist())):
-            col_of[(lv, ix)] = c
+        for j, (lv, ix) in enumerate(zip(m.level.tolist(), m.index.tolist())):
+            col_of[(lv, ix)] = j
     positive_keys = {(lv, int(ix), int(g)) for lv in range(nl) for ix, g in zip(pos[lv]["index"], pos[lv]["gt"])}
     levels: list[list[list[CellView]]] = [[[] for _ in range(nl)] for _ in range(n_boxes)]
     for lv in range(nl):

@@ -8,10 +8,13 @@ each box takes its ``dynamic_k`` cheapest candidates; a candidate taken by sever
 lowest cost on it (among all boxes of the image, first box on ties). Gt boxes are scaled by the image height.
 
 Vectorization and memory: all boxes of the batch are rows of one padded ``[rows, columns]`` problem (columns =
-candidates of the row's image), processed in row chunks of at most ``max_chunk_elements`` matrix cells
-(default 2**21; one box row is never split). About 40 bytes are live per cell, so the matrices take at most
-~80 MB by default, whatever the number of boxes; the per-candidate class terms add ``O(candidates x classes)``.
-Conflicts are resolved after all chunks, on exact costs of the contested columns only.
+candidates of the row's image), processed in row chunks (then contested columns in column chunks) so that the
+matrix work holds at most about ``4 bytes x max_chunk_elements`` at a time: 32 MB with the default 2**23 (measured
+with the RSS high-water mark; one box row, ~256 bytes per candidate of its image, is never split). This does not
+grow with the number of boxes per image. What does grow, linearly, is the per-candidate data: about
+``24 x candidates x nc`` bytes (class logits, BCE terms, cached exact rows), e.g. 80 MB for one image with 2000
+boxes (41k coarse candidates, 80 classes), where the official per-image ``[boxes, candidates, nc]`` tensors
+would need hundreds of GB. Conflicts are resolved after all row chunks, on exact costs of the contested columns.
 
 Exactness: every cost is computed with the same float32 operations as the official code. The class cost is first
 taken from a cheap decomposition with a proven error bound; a box whose k-th and (k+1)-th cheapest costs are not
@@ -35,8 +38,8 @@ from core.boxes import box_iou_rows, xywh_to_xyxy
 
 __all__ = ["assign", "DEFAULT_CHUNK_ELEMENTS"]
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 21
-_BYTES_PER_CELL = 40  # live float32/int64/bool per matrix cell, counted against the chunk bound (/4 bytes)
+DEFAULT_CHUNK_ELEMENTS = 1 << 23
+_WORDS_PER_CELL = 64  # 4-byte words per matrix cell: measured peak of live buffers and temporaries (RSS slope)
 
 
 @torch.no_grad()
@@ -70,11 +73,12 @@ def assign(
     Returns:
         An ``Assignment`` whose per-level positives are in the official order (image, then candidate order).
     """
-    device = targets.device
+    device = predictions[0].device
     nl = len(predictions)
-    batch = predictions[0].shape[0]
+    batch, nc = predictions[0].shape[0], predictions[0].shape[-1] - 5
     grids = [(int(p.shape[2]), int(p.shape[3])) for p in predictions]
-    targets = targets.detach().float()
+    targets = targets.detach().to(device=device, dtype=torch.float32)
+    _check_targets(targets, batch, nc)
     cands = find_candidates(targets, anchors, grids, COARSE_OFFSET if coarse else FINE_OFFSET, anchor_t)
     dynamic_k = torch.zeros(targets.shape[0], dtype=torch.long, device=device)
     matrices: list[ImageMatrices] | None = [] if keep_matrices else None
@@ -93,11 +97,12 @@ def assign(
         targets[row_target, 1].long(),
         xywh_to_xyxy(targets[row_target, 2:6] * img_size),
         table,
+        max_chunk_elements,
     )
     n_cols = len(table)
     taken = torch.zeros(n_cols, dtype=torch.long, device=device)
     taker = torch.zeros(n_cols, dtype=torch.long, device=device)
-    per_cell = _BYTES_PER_CELL // 4 + (table.bce_neg.shape[1] if keep_matrices else 0)
+    per_cell = _WORDS_PER_CELL + (table.bce_neg.shape[1] if keep_matrices else 0)
     lo = 0
     while lo < len(row_target):
         hi = _chunk_end(rows.count, lo, max(1, max_chunk_elements // per_cell))
@@ -111,8 +116,8 @@ def assign(
     owner = taker[pos_col]
     contested = taken[pos_col] > 1
     if bool(contested.any()):
-        owner[contested] = _cheapest_rows(rows, pos_col[contested], max_chunk_elements)
-    pos_iou, pos_cost = rows.exact_cost(owner, pos_col, max_chunk_elements)
+        owner[contested] = _cheapest_rows(rows, pos_col[contested])
+    pos_iou, pos_cost = rows.exact_cost(owner, pos_col)
     level = table.level[pos_col]
     positives = []
     for i, c in enumerate(cands):
@@ -127,25 +132,102 @@ def assign(
     return Assignment(positives, cands, dynamic_k, coarse, topk, matrices)
 
 
-class _Rows:
-    """The boxes as matrix rows (grouped by image) with what a row needs to address its image's columns."""
+def _check_targets(targets: Tensor, batch: int, nc: int) -> None:
+    """Refuse rows the official code would crash on or silently drop (image or class out of range)."""
+    if targets.ndim != 2 or targets.shape[1] != 6:
+        raise ValueError(f"targets must be [N, 6] (image, class, x, y, w, h), got {tuple(targets.shape)}")
+    if targets.numel() == 0:
+        return
+    image, cls = targets[:, 0], targets[:, 1]
+    if bool((image < 0).any() | (image >= batch).any()):
+        raise ValueError(f"target image indices must lie in [0, {batch - 1}]")
+    if bool((cls < 0).any() | (cls >= nc).any()):
+        raise ValueError(f"target classes must lie in [0, {nc - 1}]")
 
-    def __init__(self, target: Tensor, image: Tensor, cls: Tensor, xyxy: Tensor, table: CandidateTable) -> None:
+
+class _Rows:
+    """The boxes as matrix rows (grouped by image) with what a row needs to address its image's columns.
+
+    Exact class costs depend on (image, class) only, so rows share them through ``key = image * nc + class``.
+    """
+
+    def __init__(
+        self, target: Tensor, image: Tensor, cls: Tensor, xyxy: Tensor, table: CandidateTable, max_elements: int
+    ) -> None:
         self.target, self.image, self.cls, self.xyxy, self.table = target, image, cls, xyxy, table
+        self.max_elements = max_elements
+        n_images = table.count.numel()
         self.count = table.count[image]  # columns of each row
         self.start = table.start[image]
-        per_image = torch.bincount(image, minlength=table.count.numel())
+        per_image = torch.bincount(image, minlength=n_images)
         self.first = torch.cumsum(per_image, 0) - per_image  # first row of each image
         self.per_image = per_image
-        bound = torch.zeros(table.count.numel(), device=image.device)
+        bound = torch.zeros(n_images, device=image.device)
         bound = bound.scatter_reduce(0, table.image, table.bound, "amax")
         self.bound = bound[image]  # error bound of the approximate costs of each row
+        nc = table.logit.shape[1]
+        self.nc = nc
+        # distinct (image, class) keys, sorted, hence grouped by image; each row's key index
+        self.keys, self.key_index = torch.unique(image * nc + cls, return_inverse=True)
+        keys_per_image = torch.bincount(self.keys // nc, minlength=n_images)
+        self.keys_per_image = keys_per_image
+        self.key_first = torch.cumsum(keys_per_image, 0) - keys_per_image
+        self._exact_rows: dict[int, Tensor] = {}
 
-    def exact_cost(self, row: Tensor, col: Tensor, max_elements: int) -> tuple[Tensor, Tensor]:
+    def exact_cost(self, row: Tensor, col: Tensor) -> tuple[Tensor, Tensor]:
         """IoU and exact cost of ``[P]`` (row, flat column) pairs."""
         iou = box_iou_rows(self.xyxy[row], self.table.boxes[col, None]).squeeze(1)
-        cls = exact_class_cost(self.table, col, self.cls[row], max_elements)
+        cls = exact_class_cost(self.table, col, self.cls[row], self.max_elements)
         return iou, cls + IOU_COST_WEIGHT * -torch.log(iou + 1e-8)
+
+    def exact_class_rows(self, rows: Tensor, width: int) -> Tensor:
+        """Exact class costs of ``rows`` on all columns of their image, ``[len(rows), width]``, +inf padded.
+
+        Computed once per (image, class) key and kept (at most ``nc`` values per candidate).
+        """
+        uniq, inv = torch.unique(self.key_index[rows], return_inverse=True)
+        missing = [u for u in uniq.tolist() if u not in self._exact_rows]
+        if missing:
+            key = self.keys[torch.tensor(missing, device=rows.device)]
+            img, cls = key // self.nc, key % self.nc
+            n = self.table.count[img]
+            which = torch.repeat_interleave(torch.arange(len(missing), device=rows.device), n)
+            col = (
+                self.table.start[img][which]
+                + torch.arange(int(n.sum()), device=rows.device)
+                - (torch.cumsum(n, 0) - n)[which]
+            )
+            values = exact_class_cost(self.table, col, cls[which], self.max_elements)
+            for u, v in zip(missing, values.split(n.tolist())):
+                self._exact_rows[u] = v
+        out = torch.full((len(uniq), width), float("inf"), device=rows.device)
+        for i, u in enumerate(uniq.tolist()):
+            v = self._exact_rows[u]
+            out[i, : len(v)] = v
+        return out[inv]
+
+    def exact_column_costs(self, cols: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Exact costs of every row of its image on each of ``cols``.
+
+        Returns:
+            ``q`` (which column), ``row`` and ``cost``, ``[P]`` each, in (column, row) order.
+        """
+        dev = cols.device
+        img = self.table.image[cols]
+        # the class part once per (column, key of its image)
+        nk = self.keys_per_image[img]
+        kq = torch.repeat_interleave(torch.arange(len(cols), device=dev), nk)
+        k_off = torch.cumsum(nk, 0) - nk
+        key = self.keys[self.key_first[img][kq] + torch.arange(int(nk.sum()), device=dev) - k_off[kq]]
+        cls_cost = exact_class_cost(self.table, cols[kq], key % self.nc, self.max_elements)
+        # then every row of the image
+        n = self.per_image[img]
+        q = torch.repeat_interleave(torch.arange(len(cols), device=dev), n)
+        row = self.first[img][q] + torch.arange(int(n.sum()), device=dev) - (torch.cumsum(n, 0) - n)[q]
+        rank = self.key_index[row] - self.key_first[img][q]
+        iou = box_iou_rows(self.xyxy[row], self.table.boxes[cols[q], None]).squeeze(1)
+        cost = cls_cost[k_off[q] + rank] + IOU_COST_WEIGHT * -torch.log(iou + 1e-8)
+        return q, row, cost
 
 
 def _chunk(
@@ -167,6 +249,9 @@ def _chunk(
         cls_cost[valid] = exact_class_cost(table, col[valid], cls[valid], max_elements)
     else:
         cls_cost = approx_class_cost(table, col, cls)
+        hard = table.saturated[col] & valid
+        if bool(hard.any()):
+            cls_cost[hard] = exact_class_cost(table, col[hard], cls[hard], max_elements)
     cost = (cls_cost + iou_cost).masked_fill_(~valid, float("inf"))
     k = _dynamic_k(iou, count, topk)
     if exact:
@@ -175,10 +260,8 @@ def _chunk(
         sel_row, sel_pos, unsure = _select_certain(cost, k, count, rows.bound[lo:hi])
         if unsure.numel():
             # redo the undecided rows on exact costs
-            sub_valid = valid[unsure]
-            sub = torch.full_like(cost[unsure], float("inf"))
-            sub[sub_valid] = exact_class_cost(table, col[unsure][sub_valid], cls[unsure][sub_valid], max_elements)
-            sub = (sub + iou_cost[unsure]).masked_fill_(~sub_valid, float("inf"))
+            sub = rows.exact_class_rows(unsure + lo, width) + iou_cost[unsure]
+            sub = sub.masked_fill_(~valid[unsure], float("inf"))
             r, p = _select(sub, k[unsure], count[unsure])
             sel_row, sel_pos = torch.cat((sel_row, unsure[r])), torch.cat((sel_pos, p))
     if matrices is not None:
@@ -215,7 +298,8 @@ def _select_certain(cost: Tensor, k: Tensor, count: Tensor, bound: Tensor) -> tu
     """Top-k selection on approximate costs where it is provably the exact one.
 
     A row is certain when its (k+1)-th cheapest approximate cost exceeds the k-th by more than twice the error
-    bound (then every chosen cost is exactly below every other one), or when it has only k columns.
+    bound (then every chosen cost is exactly below every other one), or when it has only k columns; and its k-th
+    cost is finite.
 
     Returns:
         (row, position) pairs of the certain rows, and the indices of the uncertain rows.
@@ -225,7 +309,7 @@ def _select_certain(cost: Tensor, k: Tensor, count: Tensor, bound: Tensor) -> tu
     has_next = k < count
     last = vals.gather(1, (k - 1)[:, None]).squeeze(1)
     nxt = vals.gather(1, k.clamp(max=kk - 1)[:, None]).squeeze(1)
-    unsure = has_next & ~(nxt - last > 2 * bound)
+    unsure = (has_next & ~(nxt - last > 2 * bound)) | ~torch.isfinite(last)
     take = (torch.arange(kk, device=cost.device) < k[:, None]) & ~unsure[:, None]
     sel_row, sel_rank = torch.nonzero(take, as_tuple=True)
     return sel_row, pos[sel_row, sel_rank], torch.nonzero(unsure).flatten()
@@ -244,7 +328,9 @@ def _select(cost: Tensor, k: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
     vals, pos = cost.topk(kk, dim=1, largest=False)
     has_next = k < count
     nxt = k.clamp(max=kk - 1)
-    tie = has_next & (vals.gather(1, (k - 1)[:, None]).squeeze(1) == vals.gather(1, nxt[:, None]).squeeze(1))
+    last = vals.gather(1, (k - 1)[:, None]).squeeze(1)
+    # redo with the official call where the k-th place ties, or reaches inf / NaN costs (or the +inf padding)
+    tie = (has_next & (last == vals.gather(1, nxt[:, None]).squeeze(1))) | ~torch.isfinite(last)
     take = (torch.arange(kk, device=cost.device) < k[:, None]) & ~tie[:, None]
     sel_row, sel_rank = torch.nonzero(take, as_tuple=True)
     rows, cols = [sel_row], [pos[sel_row, sel_rank]]
@@ -256,18 +342,27 @@ def _select(cost: Tensor, k: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat(rows), torch.cat(cols)
 
 
-def _cheapest_rows(rows: _Rows, cols: Tensor, max_elements: int) -> Tensor:
-    """For each contested column, the first row of its image with the minimal exact cost (``torch.min`` rule)."""
-    img = rows.table.image[cols]
-    n = rows.per_image[img]
-    q = torch.repeat_interleave(torch.arange(len(cols), device=cols.device), n)
-    offset = torch.arange(int(n.sum()), device=cols.device) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
-    row = rows.first[img][q] + offset
-    _, cost = rows.exact_cost(row, cols[q], max_elements)
-    best = torch.full((len(cols),), float("inf"), device=cols.device).scatter_reduce(0, q, cost, "amin")
-    at_best = cost == best[q]
-    big = torch.iinfo(torch.long).max
-    return torch.full_like(cols, big).scatter_reduce(0, q[at_best], row[at_best], "amin")
+def _cheapest_rows(rows: _Rows, cols: Tensor) -> Tensor:
+    """For each contested column, the first row of its image with the minimal exact cost (``torch.min`` rule).
+
+    Columns are processed in groups of at most ``max_elements / _WORDS_PER_CELL`` (row, column) pairs.
+    """
+    owner = torch.empty_like(cols)
+    pairs = torch.cumsum(rows.per_image[rows.table.image[cols]], 0)
+    budget = max(1, rows.max_elements // _WORDS_PER_CELL)
+    lo = 0
+    while lo < len(cols):
+        done = int(pairs[lo - 1]) if lo else 0
+        hi = max(lo + 1, int(torch.searchsorted(pairs, done + budget, right=True)))
+        part = cols[lo:hi]
+        q, row, cost = rows.exact_column_costs(part)
+        cost = cost.nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))  # torch.min: 1st NaN
+        best = torch.full((len(part),), float("inf"), device=cols.device).scatter_reduce(0, q, cost, "amin")
+        at_best = cost == best[q]
+        big = torch.iinfo(torch.long).max
+        owner[lo:hi] = torch.full_like(part, big).scatter_reduce(0, q[at_best], row[at_best], "amin")
+        lo = hi
+    return owner
 
 
 def _keep_matrices(

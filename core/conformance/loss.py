@@ -155,7 +155,7 @@ def _compare_set(report: CaseReport, name: str, result: Assignment, arrays: dict
             same = same and np.array_equal(c.anchor_wh.numpy(), arrays[key + "anchor_wh"])
             report.add(f"{name}.candidates.level{i}", same, f"{len(c)} ours / {len(arrays[key + 'gt'])} official")
     mats = {m.image: m for m in (result.matrices or [])}
-    ref_images = sorted(int(m.group(1)) for k in arrays if (m := re.fullmatch(rf"{name}/image(\d+)/cost", k)))
+    ref_images = sorted(int(hit.group(1)) for k in arrays if (hit := re.fullmatch(rf"{name}/image(\d+)/cost", k)))
     if set(mats) != set(ref_images):
         report.add(f"{name}.images", False, f"matrices for images {sorted(mats)} ours, {ref_images} official")
     for b in ref_images:
@@ -173,7 +173,7 @@ def _compare_set(report: CaseReport, name: str, result: Assignment, arrays: dict
         d_cost = float((m.cost - r_cost).abs().max()) if m.cost.numel() else 0.0
         ok = (
             torch.allclose(m.iou, r_iou, rtol=0, atol=IOU_ATOL)
-            and torch.allclose(m.cost, r_cost, rtol=COST_RTOL, atol=COST_ATOL)
+            and torch.allclose(m.cost, r_cost, rtol=COST_RTOL, atol=COST_ATOL, equal_nan=True)
             and torch.equal(m.dynamic_k, r_k)
         )
         report.add(
