@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.assign import DEFAULT_CHUNK_ELEMENTS, Assignment, LevelCells, assign
+from core.assign import DEFAULT_CHUNK_ELEMENTS, Assignment, AssignmentView, LevelCells, assign, explain_assignment
 from core.boxes import ciou_xywh
 
 __all__ = ["LossHyp", "YoloLoss", "default_balance", "scale_hyp", "LOSS_KEYS"]
@@ -131,15 +131,15 @@ class YoloLoss(nn.Module):
     ) -> YoloLoss:
         """Build from a model whose detection head is ``model.head`` (``core.models.Yolo``).
 
-        Reads ``head.nc``, ``head.anchors`` (``[nl, na, 2]`` grid units), ``head.stride`` (``[nl]``) and, when
-        ``aux`` is None, ``head.aux`` (bool; False if the head has no such attribute).
+        Reads ``head.nc``, ``head.anchors`` (``[nl, na, 2]`` grid units) and ``head.stride`` (``[nl]``). When ``aux``
+        is None it is taken from ``head.aux``, else ``model.aux``, else whether the head has an aux branch ``m2``.
         """
         head: Any = model.head
         if aux is None:
-            aux = bool(getattr(head, "aux", False))
+            aux = getattr(head, "aux", getattr(model, "aux", hasattr(head, "m2")))
         anchors = torch.as_tensor(head.anchors).detach().float().cpu()
         strides = torch.as_tensor(head.stride).detach().float().cpu().flatten()
-        loss = cls(int(head.nc), anchors, strides, hyp, aux=aux)
+        loss = cls(int(head.nc), anchors, strides, hyp, aux=bool(aux))
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         return loss.to(device)
 
@@ -155,6 +155,11 @@ class YoloLoss(nn.Module):
                           max_chunk_elements=self.max_chunk_elements)  # fmt: skip
 
         return run(False), (run(True) if self.aux else None)
+
+    def explain(self, predictions: Sequence[Tensor], targets: Tensor, img_size: int) -> AssignmentView:
+        """The explorer's per-box view (``core.assign.explain_assignment``) with this loss's settings."""
+        return explain_assignment(predictions, targets, self.anchors, self.strides, img_size, aux=self.aux,
+                                  topk=self.topk, anchor_t=self.hyp.anchor_t)  # fmt: skip
 
     def forward(
         self, predictions: Sequence[Tensor], targets: Tensor, img_size: int
@@ -197,8 +202,8 @@ class YoloLoss(nn.Module):
         cls_pw = torch.tensor([self.hyp.cls_pw], device=levels[0].device)
         for i, (p, pos) in enumerate(zip(levels, positives)):
             tobj = torch.zeros_like(p[..., 0])
+            obj, ps = _LevelInputs.apply(p, pos.b, pos.a, pos.gj, pos.gi)  # [B, na, H, W] and [n, 5 + nc]
             if len(pos):
-                ps = p[pos.b, pos.a, pos.gj, pos.gi]  # [n, 5 + nc]
                 pxy = ps[:, :2].sigmoid() * 2.0 - 0.5
                 pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * pos.anchor_wh
                 h, w = p.shape[2], p.shape[3]
@@ -212,8 +217,34 @@ class YoloLoss(nn.Module):
                     t = torch.full_like(ps[:, 5:], cn)
                     t[torch.arange(len(pos), device=p.device), targets[pos.gt, 1].long()] = cp
                     lcls = lcls + F.binary_cross_entropy_with_logits(ps[:, 5:], t, pos_weight=cls_pw)
-            lobj = lobj + F.binary_cross_entropy_with_logits(p[..., 4], tobj, pos_weight=obj_pw) * self.balance[i]
+            lobj = lobj + F.binary_cross_entropy_with_logits(obj, tobj, pos_weight=obj_pw) * self.balance[i]
         return [lbox, lobj, lcls]
+
+
+class _LevelInputs(torch.autograd.Function):
+    """``(p[..., 4], p[b, a, gj, gi])`` with a backward that writes one gradient tensor.
+
+    Plain indexing gives two full-size gradients (a slice and a gather) that autograd then adds: three extra
+    passes over ``[B, na, H, W, 5 + nc]``, the largest cost of the loss backward. Same values, bit for bit.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, p: Tensor, b: Tensor, a: Tensor, gj: Tensor, gi: Tensor) -> tuple[Tensor, Tensor]:
+        ctx.save_for_backward(b, a, gj, gi)
+        ctx.shape = p.shape
+        return p[..., 4].clone(), p[b, a, gj, gi]
+
+    @staticmethod
+    def backward(ctx: Any, g_obj: Tensor | None, g_pos: Tensor | None) -> tuple[Tensor | None, ...]:
+        b, a, gj, gi = ctx.saved_tensors
+        ref = g_obj if g_obj is not None else g_pos
+        assert ref is not None
+        grad = ref.new_zeros(ctx.shape)
+        if g_obj is not None:
+            grad[..., 4] = g_obj
+        if g_pos is not None and b.numel():
+            grad.index_put_((b, a, gj, gi), g_pos, accumulate=True)
+        return grad, None, None, None, None
 
 
 def _write_last(tobj: Tensor, pos: LevelCells, values: Tensor) -> None:

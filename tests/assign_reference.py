@@ -129,17 +129,17 @@ def reference_assign(
         owner = match[:, fg_cols].argmax(0)
         dynamic_k[gt_idx] = ks.long()
         matrices.append(ImageMatrices(img, gt_idx, col["level"], col["index"], iou, cost, ks.long(), chosen))
-        rows = torch.arange(n_col)[fg_cols]
-        for j, o in zip(rows.tolist(), owner.tolist()):
-            lv, ix = int(col["level"][j]), int(col["index"][j])
-            c = cand[lv]
+        taken = torch.nonzero(fg_cols).flatten()
+        for lv in range(nl):
+            m = col["level"][taken] == lv
+            j, ix, o = taken[m], col["index"][taken[m]], owner[m]
             d = per_level[lv]
             for k in ("b", "a", "gj", "gi", "anchor_wh"):
-                d[k].append(c[k][ix : ix + 1])
-            d["gt"].append(gt_idx[o : o + 1])
-            d["index"].append(torch.tensor([ix]))
-            d["iou"].append(iou[o, j : j + 1])
-            d["cost"].append(cost[o, j : j + 1])
+                d[k].append(cand[lv][k][ix])
+            d["gt"].append(gt_idx[o])
+            d["index"].append(ix)
+            d["iou"].append(iou[o, j])
+            d["cost"].append(cost[o, j])
     positives = []
     for d in per_level:
         if d["b"]:

@@ -51,3 +51,12 @@ def test_unmatched_boxes_and_borrowed_cells_are_reported():
     res = assign(preds, EDGE, P5_ANCHORS, P5_STRIDES, IMG)
     assert view.unmatched_fine == res.unmatched().tolist() and 5 in view.unmatched_fine
     assert view.unmatched_coarse is None
+
+
+def test_loss_explain_uses_its_settings():
+    from core.loss import YoloLoss
+
+    preds = zero_predictions(4, IMG, P5_STRIDES, 3) * 2
+    view = YoloLoss(3, P5_ANCHORS, P5_STRIDES, aux=True).explain(preds, EDGE, IMG)
+    assert view.topk == 20 and view.unmatched_coarse is not None
+    assert all(b.coarse is not None and b.coarse.kind == "coarse" for b in view.boxes)

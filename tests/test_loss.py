@@ -167,3 +167,16 @@ def test_from_model_reads_the_head():
     assert loss_fn.balance == (4.0, 1.0, 0.25, 0.06)
     assert not YoloLoss.from_model(_Model(aux=True), aux=False).aux
     assert not YoloLoss.from_model(_Model(aux=False)).aux
+
+
+def test_with_a_real_model_p5_with_our_aux_head():
+    """``core.models.Yolo`` output feeds the loss as is; gradients reach the lead and the aux head."""
+    models = pytest.importorskip("core.models")
+    model = models.build_model("yolov7-tiny", num_classes=3, aux=True).train()
+    loss_fn = YoloLoss.from_model(model, LossHyp().scaled(model.num_levels, 3, 64))
+    assert loss_fn.aux and loss_fn.nl == 3 and loss_fn.topk == 20
+    out = model(torch.randn(1, 3, 64, 64))
+    loss, items = loss_fn(out, torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.2], [0, 2, 0.3, 0.6, 0.1, 0.4]]), 64)
+    loss.backward()
+    assert torch.isfinite(loss) and float(items["aux_box"]) > 0
+    assert model.head.m[0].weight.grad.abs().sum() > 0 and model.head.m2[0].weight.grad.abs().sum() > 0
