@@ -80,6 +80,7 @@ class EmbeddedNms(nn.Module):
         if cfg.classes is not None:
             mask = torch.zeros(nc)
             mask[[c for c in cfg.classes if 0 <= c < nc]] = 1
+        self.class_mask: torch.Tensor
         self.register_buffer("class_mask", mask, persistent=False)
 
     def forward(self, pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,14 +249,15 @@ def verify_onnx(
     Without NMS the decoded outputs must agree within ``box_tol`` px / ``prob_tol``; with ``nms`` the detections
     of ONNX Runtime must equal :func:`core.nms.non_max_suppression` on the PyTorch output: same number, same
     classes in the same order, boxes within ``box_tol`` px, scores within ``prob_tol``.
-    ``inputs`` default: one probe image at the size stored in the file.
+    ``inputs`` default: a probe batch at the size (and fixed batch size) stored in the file.
     """
     net = convert_for_deploy(model, check=False).model.float().cpu().eval()
     session = onnx_session(path)
     if inputs is None:
         meta = session.get_modelmeta().custom_metadata_map
         h, w = json.loads(meta.get("img_size", "[640, 640]"))
-        inputs = [probe_image((h, w))]
+        batch = session.get_inputs()[0].shape[0]
+        inputs = [probe_image((h, w), batch if isinstance(batch, int) else 1)]
     check = OnnxCheck(input_shapes=[list(x.shape) for x in inputs])
     for x in inputs:
         ref = net(x)

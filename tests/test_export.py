@@ -87,6 +87,14 @@ def test_nms_export_on_conformance_weights_equals_official_detections(tmp_path: 
     np.testing.assert_allclose(got, ours, rtol=0, atol=1e-2)
 
 
+def test_single_class_fixed_batch_export(tmp_path: Path) -> None:
+    one = well_conditioned_(build_model(scale_width(get_spec("yolov7-tiny"), 0.125), 1), head_gain=1.0).eval()
+    cfg = NmsConfig(conf=0.2)
+    path = export_onnx(one, tmp_path / "one.onnx", img_size=64, batch=2, nms=cfg)
+    check = verify_onnx(path, one, nms=cfg)  # default input: the file's fixed batch of 2
+    assert check.passed and len(check.detections) == 2, check.to_text()
+
+
 def test_export_cli(model: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     weights = tmp_path / "m.pt"
     save_checkpoint(weights, model)

@@ -177,6 +177,16 @@ def test_bf16_precision_is_close_to_fp32() -> None:
         Predictor(model, device="cpu", precision="fp16", check=False)
 
 
+def test_the_callers_model_is_left_alone() -> None:
+    model = _model().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pred = Predictor(model, device="cpu", img_size=64, check=False)
+    assert model.training and not model.deploy and pred.model is not model and pred.model.deploy
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    kept = Predictor(model, device="cpu", img_size=64, deploy=False)
+    assert kept.deploy_check is None and not kept.model.deploy and model.training
+
+
 def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     img = Image.fromarray(_image(40, 80))
     exif = Image.Exif()

@@ -110,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     used: set[str] = set()
-    coco, images, counts = [], [], Counter()
+    coco: list[dict] = []
+    images: list[dict] = []
+    counts: Counter[str] = Counter()
     for start in range(0, len(paths), max(1, args.batch)):
         batch = []
         for path in paths[start : start + max(1, args.batch)]:

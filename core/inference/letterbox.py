@@ -75,10 +75,10 @@ def letterbox_geometry(
     if not scaleup:
         r = min(r, 1.0)
     unpad_w, unpad_h = round(w * r), round(h * r)
-    dw, dh = new_w - unpad_w, new_h - unpad_h
+    pad_w, pad_h = new_w - unpad_w, new_h - unpad_h
     if auto:
-        dw, dh = dw % stride, dh % stride
-    dw, dh = dw / 2, dh / 2
+        pad_w, pad_h = pad_w % stride, pad_h % stride
+    dw, dh = pad_w / 2, pad_h / 2
     top, bottom = round(dh - 0.1), round(dh + 0.1)
     left, right = round(dw - 0.1), round(dw + 0.1)
     return LetterboxInfo((h, w), (unpad_h + top + bottom, unpad_w + left + right), (unpad_h, unpad_w), (left, top))

@@ -12,12 +12,13 @@ shapes are equal are run together in batches of ``batch_size``; the result does 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -75,20 +76,23 @@ class Predictor:
             model, self.description = loaded.model, loaded.summary()
         else:
             self.description = f"{model.spec.name} {source_form(model)}"
-        model = model.to(self.device).eval()
+        if next(model.parameters()).device != self.device:
+            model = copy.deepcopy(model).to(self.device)  # the caller's model is never moved or changed
         self.deploy_check: ReparamCheck | None = None
-        if deploy:
-            conversion = convert_for_deploy(model, check=check)
+        conversion = convert_for_deploy(model, check=check) if deploy else None
+        if conversion is not None and conversion.check is not None and not conversion.check.passed:
+            warnings.warn(
+                "deploy conversion failed its self-check; running the original model instead:\n"
+                + conversion.check.to_text(),
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        if conversion is not None:
             self.deploy_check = conversion.check
-            if conversion.check is not None and not conversion.check.passed:
-                warnings.warn(
-                    "deploy conversion failed its self-check; running the original model instead:\n"
-                    + conversion.check.to_text(),
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-            else:
-                model = conversion.model
+        if conversion is not None and (conversion.check is None or conversion.check.passed):
+            model = conversion.model
+        else:
+            model = copy.deepcopy(model).eval()
         self.precision = self._resolve_precision(precision)
         if self.precision == "fp16":
             model = model.half()
@@ -206,9 +210,9 @@ class Predictor:
         self.timing = timing
         return [r for r in results if r is not None]
 
-    def nms_config(self, **overrides: object) -> NmsConfig:
+    def nms_config(self, **overrides: Any) -> NmsConfig:
         """This predictor's NMS settings with the non-``None`` ``overrides`` applied."""
         changes = {k: v for k, v in overrides.items() if v is not None}
         if "classes" in changes:
-            changes["classes"] = tuple(int(c) for c in changes["classes"])  # type: ignore[union-attr]
-        return dataclasses.replace(self.nms, **changes)  # type: ignore[arg-type]
+            changes["classes"] = tuple(int(c) for c in changes["classes"])
+        return dataclasses.replace(self.nms, **changes)

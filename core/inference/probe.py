@@ -42,8 +42,9 @@ def well_conditioned_(model: nn.Module, seed: int = 0, head_gain: float = 0.25) 
     """
     g = torch.Generator().manual_seed(seed)
 
-    def fill(t: torch.Tensor, values: torch.Tensor) -> None:
-        t.copy_(values.to(device=t.device, dtype=t.dtype))
+    def fill(t: torch.Tensor | None, values: torch.Tensor) -> None:
+        if t is not None:
+            t.copy_(values.to(device=t.device, dtype=t.dtype))
 
     head_convs: set[int] = set()
     for m in model.modules():

@@ -6,7 +6,7 @@ Boxes are xyxy in **original image pixels** (after undoing the letterbox, clippe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,7 +30,6 @@ class Detections:
     class_names: list[str]
     image_size: tuple[int, int]
     source: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])

@@ -48,10 +48,9 @@ def read_image(path: str | Path) -> np.ndarray:
     if path.is_dir():
         raise ImageReadError(f"{path}: is a folder, not an image")
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im) or im
-            return pil_to_array(im)
+        with Image.open(path) as opened:
+            opened.load()
+            return pil_to_array(ImageOps.exif_transpose(opened) or opened)
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not an image PIL can read (corrupt or unsupported format)") from None
     except (OSError, ValueError, SyntaxError) as exc:

@@ -1,0 +1,360 @@
+"""Inference latency on this CPU: training form vs deploy form vs channels_last vs bf16 vs ONNX Runtime.
+
+Usage::
+
+    python benchmarks/bench_inference.py                      # yolov7-tiny and yolov7 at 320 and 640
+    python benchmarks/bench_inference.py --models yolov7-tiny --sizes 640 --json out.json
+
+Per model and size (batch 1, ``torch.set_num_threads(--threads)``, inference mode, denormals flushed), the
+network forward (decode included, NMS excluded) of:
+
+* ``train``        training form (IDetect, RepConv/BN unfused) in eval mode, NCHW fp32
+* ``deploy``       fused deploy form (:func:`core.inference.convert_for_deploy`), NCHW fp32
+* ``deploy+cl``    the same in channels_last (NHWC) memory layout
+* ``deploy+jit``   channels_last, ``torch.jit.trace`` + ``torch.jit.freeze``
+* ``bf16``         channels_last under CPU bfloat16 autocast (oneDNN AVX-512 BF16), decode in fp32
+* ``bf16+jit``     the same, traced and frozen
+* ``onnxruntime``  the exported deploy form (:func:`core.export.export_onnx`), all graph optimizations
+
+Each latency is the median (and min) of ``--repeats`` runs after warm-up. Beside it: the physical limit, i.e. the
+model's FLOPs (2 x (MACs + bias), the paper's convention) divided by this machine's measured peak matrix
+throughput (fp32 or bf16 matmul GFLOP/s with the same threads), and latency / limit. NMS is timed separately
+(official semantics, detect.py and test.py settings). The bf16 accuracy change is measured against fp32 on the
+same input: max box / probability difference and whether NMS keeps exactly the same detections.
+
+Weights: the well-conditioned ``kaiming`` scheme of the conformance file (:func:`core.inference.well_conditioned_`),
+so activations stay in a realistic range (PyTorch's default init lets them decay to denormals, which makes
+fp32 CPU convolutions many times slower). Input: a smooth probe image (:func:`core.inference.probe_image`).
+The machine may be shared: numbers are medians of several runs; rerun to check stability.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from torchvision.ops import box_iou  # noqa: E402
+
+from core.inference import convert_for_deploy, probe_image, well_conditioned_  # noqa: E402
+from core.models import build_model  # noqa: E402
+from core.models.profile import count_gflops  # noqa: E402
+from core.nms import NmsConfig, apply_nms  # noqa: E402
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Median and min wall time of ``fn()`` in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - t0))
+    return {"median_ms": statistics.median(times), "min_ms": min(times)}
+
+
+def peak_gflops(dtype: torch.dtype, n: int = 3072, repeats: int = 6) -> float:
+    """Best-of-``repeats`` square matmul throughput in GFLOP/s (2 n^3 FLOPs per product)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    for _ in range(2):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def measure_peaks() -> dict[str, float]:
+    peaks = {"fp32": peak_gflops(torch.float32)}
+    peaks["bf16"] = peak_gflops(torch.bfloat16) if bf16_supported() else peaks["fp32"]
+    return peaks
+
+
+def bf16_supported() -> bool:
+    fn = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(fn()) if fn is not None else False
+
+
+def nms_agreement(a: torch.Tensor, b: torch.Tensor, cfg: NmsConfig) -> dict[str, object]:
+    """How the detections of ``b`` (e.g. bf16) differ from those of ``a`` (fp32) after NMS.
+
+    ``identical``: same rows and classes in the same order. ``matched``: fraction of ``a``'s detections with a
+    same-class detection in ``b`` at IoU >= 0.9 (greedy by score); box and score differences over those pairs.
+    """
+    da, db = apply_nms(a, cfg)[0], apply_nms(b, cfg)[0]
+    identical = da.shape == db.shape and bool(torch.equal(da[:, 5], db[:, 5]))
+    out: dict[str, object] = {"fp32": int(len(da)), "bf16": int(len(db)), "identical": identical}
+    if len(da) and len(db):
+        iou = box_iou(da[:, :4], db[:, :4])
+        iou[da[:, 5:6] != db[:, 5].unsqueeze(0)] = 0.0
+        pairs, taken = [], set()
+        for i in range(len(da)):
+            for j in iou[i].argsort(descending=True).tolist():
+                if iou[i, j] < 0.9:
+                    break
+                if j not in taken:
+                    taken.add(j)
+                    pairs.append((i, j))
+                    break
+        out["matched_iou0.9"] = len(pairs) / len(da)
+        if pairs:
+            ia, ib = (torch.tensor(v) for v in zip(*pairs))
+            box = (da[ia, :4] - db[ib, :4]).abs()
+            out["matched_median_box_px"] = float(box.median())
+            out["matched_max_box_px"] = float(box.max())
+            out["matched_max_score"] = float((da[ia, 4] - db[ib, 4]).abs().max())
+    return out
+
+
+def fmt_agreement(a: dict[str, object]) -> str:
+    text = f"{a['fp32']} vs {a['bf16']} detections, {'identical' if a['identical'] else 'not identical'}"
+    if "matched_iou0.9" in a:
+        med, worst = a.get("matched_median_box_px", float("nan")), a.get("matched_max_box_px", float("nan"))
+        text += f", {100 * float(a['matched_iou0.9']):.0f}% matched at IoU>=0.9 (box diff median {med:.2g} px"
+        text += f", max {worst:.2g} px)"
+    return text
+
+
+def nms_candidates(pred: torch.Tensor, cfg: NmsConfig) -> int:
+    """Rows that enter ``torchvision.ops.nms`` (before ``max_nms``): the quantity NMS time depends on."""
+    x = pred[0][pred[0][:, 4] > cfg.conf]
+    scores = x[:, 5:] * x[:, 4:5] if pred.shape[2] > 6 else x[:, 4:5]
+    n = int((scores > cfg.conf).sum()) if cfg.multi_label else int((scores.max(1).values > cfg.conf).sum())
+    return min(n, cfg.max_nms)
+
+
+def bench_model(name: str, size: int, args: argparse.Namespace, peaks: dict[str, float]) -> dict[str, object]:
+    torch.manual_seed(0)
+    train = well_conditioned_(build_model(name, 80), seed=0).eval()
+    conversion = convert_for_deploy(train, img_size=320)
+    deploy = conversion.model
+    gflops_deploy = count_gflops(deploy, size)
+    gflops_train = count_gflops(train, size, aux=False)
+    x = probe_image(size)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    deploy_cl = copy.deepcopy(deploy).to(memory_format=torch.channels_last)
+
+    def decoded(model: torch.nn.Module, inp: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+        if bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                raw = model.forward_levels(inp, aux=False)
+        else:
+            raw = model.forward_levels(inp, aux=False)
+        return model.head.decode([r.float() for r in raw])
+
+    paths: dict[str, tuple[Callable[[], object], float, str]] = {}
+    paths["train"] = (lambda: train(x), gflops_train, "fp32")
+    paths["deploy"] = (lambda: deploy(x), gflops_deploy, "fp32")
+    paths["deploy+cl"] = (lambda: deploy_cl(x_cl), gflops_deploy, "fp32")
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        jit_fp32 = torch.jit.freeze(torch.jit.trace(deploy_cl, x_cl, check_trace=False))
+    paths["deploy+jit"] = (lambda: jit_fp32(x_cl), gflops_deploy, "fp32")
+    use_bf16 = bf16_supported() and not args.no_bf16
+    if use_bf16:
+        paths["bf16"] = (lambda: decoded(deploy_cl, x_cl, bf16=True), gflops_deploy, "bf16")
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            jit_bf16 = torch.jit.freeze(torch.jit.trace(deploy_cl, x_cl, check_trace=False))
+
+        def run_jit_bf16() -> object:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return jit_bf16(x_cl)
+
+        paths["bf16+jit"] = (run_jit_bf16, gflops_deploy, "bf16")
+    if not args.no_onnx:
+        from core.export import export_onnx, onnx_session
+
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_path = export_onnx(deploy, Path(tmp) / "m.onnx", img_size=size)
+            session = onnx_session(onnx_path, threads=args.threads)
+        feed = {"images": x.numpy()}
+        paths["onnxruntime"] = (lambda: session.run(None, feed), gflops_deploy, "fp32")
+
+    rows = []
+    for label, (fn, gflops, precision) in paths.items():
+        with torch.inference_mode():
+            t = timed(fn, args.repeats)
+        limit_ms = 1000 * gflops / peaks[precision]
+        rows.append(
+            {
+                "path": label,
+                "precision": precision,
+                "gflops": gflops,
+                "limit_ms": limit_ms,
+                "x_limit": t["median_ms"] / limit_ms,
+                **t,
+            }
+        )
+        print(
+            f"  {name:12s} {size:4d} {label:12s} median {t['median_ms']:8.1f} ms  min {t['min_ms']:8.1f} ms  "
+            f"limit {limit_ms:7.1f} ms ({precision}, {gflops:.1f} GFLOPs)  x{t['median_ms'] / limit_ms:.2f}",
+            flush=True,
+        )
+
+    with torch.inference_mode():
+        pred = deploy(x)
+        nms_rows = []
+        for cfg in (NmsConfig(), NmsConfig(conf=0.001, iou=0.65, multi_label=True)):
+            t = timed(lambda cfg=cfg: apply_nms(pred, cfg), args.repeats)
+            nms_rows.append(
+                {
+                    "conf": cfg.conf,
+                    "iou": cfg.iou,
+                    "multi_label": cfg.multi_label,
+                    "candidates": nms_candidates(pred, cfg),
+                    "detections": int(len(apply_nms(pred, cfg)[0])),
+                    **t,
+                }
+            )
+        accuracy = None
+        if use_bf16:
+            ref, low = decoded(deploy_cl, x_cl), decoded(deploy_cl, x_cl, bf16=True)
+            accuracy = {
+                "max_box_px": float((ref[..., :4] - low[..., :4]).abs().max()),
+                "max_prob": float((ref[..., 4:] - low[..., 4:]).abs().max()),
+                "nms_detect": nms_agreement(ref, low, NmsConfig()),
+                "nms_eval": nms_agreement(ref, low, NmsConfig(conf=0.001, iou=0.65, multi_label=True)),
+            }
+    check = conversion.check
+    return {
+        "model": name,
+        "size": size,
+        "reparam_check": check.to_dict() if check is not None else None,
+        "paths": rows,
+        "nms": nms_rows,
+        "bf16_accuracy": accuracy,
+    }
+
+
+def conformance_bf16(args: argparse.Namespace) -> dict[str, object] | None:
+    """bf16 vs fp32 on the conformance file's yolov7-tiny weights and real (horses) input, when present."""
+    path = Path(__file__).resolve().parents[2] / "shared" / "yolov7" / "conformance" / "tiny_forward_kaiming.npz"
+    if not path.is_file() or args.no_bf16 or not bf16_supported():
+        return None
+    import numpy as np
+
+    from core.conformance.forward import load_reference_weights
+
+    data = np.load(path)
+    model = build_model("yolov7-tiny", 80)
+    model.load_state_dict(load_reference_weights(data))
+    deploy = convert_for_deploy(model.eval(), check=False).model.to(memory_format=torch.channels_last)
+    x = torch.from_numpy(np.array(data["input"])).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        ref = deploy(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            raw = deploy.forward_levels(x, aux=False)
+        low = deploy.head.decode([r.float() for r in raw])
+    return {
+        "input": "conformance horses 320x320, yolov7-tiny kaiming weights",
+        "max_box_px": float((ref[..., :4] - low[..., :4]).abs().max()),
+        "max_prob": float((ref[..., 4:] - low[..., 4:]).abs().max()),
+        "nms_detect": nms_agreement(ref, low, NmsConfig()),
+        "nms_eval": nms_agreement(ref, low, NmsConfig(conf=0.001, iou=0.65, multi_label=True)),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["yolov7-tiny", "yolov7"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[320, 640])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--no-onnx", action="store_true")
+    parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="write all numbers to this file")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    peaks = measure_peaks()
+    print(
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads, "
+        f"bf16 supported: {bf16_supported()}"
+    )
+    print(f"peak matmul: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s (3072x3072, best of 6)")
+    results = []
+    for name in args.models:
+        for size in args.sizes:
+            res = bench_model(name, size, args, peaks)
+            results.append(res)
+            for r in res["nms"]:  # type: ignore[union-attr]
+                kind = "multi-label" if r["multi_label"] else "best class"
+                print(
+                    f"  {name:12s} {size:4d} NMS conf={r['conf']} iou={r['iou']} {kind}: median "
+                    f"{r['median_ms']:.2f} ms ({r['candidates']} candidates -> {r['detections']} detections)"
+                )
+            if res["bf16_accuracy"]:
+                acc = res["bf16_accuracy"]
+                print(
+                    f"  {name:12s} {size:4d} bf16 vs fp32: max box diff {acc['max_box_px']:.3g} px, max prob diff "
+                    f"{acc['max_prob']:.3g}, NMS detect {acc['nms_detect']}, NMS eval {acc['nms_eval']}"
+                )
+    again = measure_peaks()  # a busy neighbour during the first measurement would understate the limit
+    if any(again[k] > peaks[k] * 1.05 for k in peaks):
+        print(
+            f"note: peaks measured again at the end: fp32 {again['fp32']:.0f}, bf16 {again['bf16']:.0f} GFLOP/s "
+            "(the table's limits use the first measurement)"
+        )
+    conf = conformance_bf16(args)
+    if conf:
+        print(
+            f"bf16 vs fp32 on {conf['input']}: max box diff {conf['max_box_px']:.3g} px, max prob diff "
+            f"{conf['max_prob']:.3g}, NMS detect {conf['nms_detect']}, NMS eval {conf['nms_eval']}"
+        )
+    print()
+    print(format_table(results))
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "peaks_gflops": peaks,
+                    "peaks_gflops_end": again,
+                    "threads": args.threads,
+                    "results": results,
+                    "bf16_conformance": conf,
+                },
+                indent=1,
+            )
+        )
+    return 0
+
+
+def format_table(results: list[dict]) -> str:
+    """Markdown latency table: one row per model/size, one column per path (median ms, x of the limit)."""
+    paths = [p["path"] for p in results[0]["paths"]] if results else []
+    head = "| model | img | " + " | ".join(paths) + " | deploy speed-up | fastest / limit |"
+    lines = [head, "|" + "---|" * (len(paths) + 4)]
+    for res in results:
+        by = {p["path"]: p for p in res["paths"]}
+        cells = [f"{by[p]['median_ms']:.0f} ms" for p in paths]
+        fastest = min(res["paths"], key=lambda p: p["median_ms"])
+        best_deploy = min((p for p in res["paths"] if p["path"].startswith("deploy")), key=lambda p: p["median_ms"])
+        speedup = by["train"]["median_ms"] / best_deploy["median_ms"]
+        lines.append(
+            f"| {res['model']} | {res['size']} | "
+            + " | ".join(cells)
+            + f" | {speedup:.2f}x ({best_deploy['path']}) | {fastest['path']} {fastest['median_ms']:.0f} ms"
+            f" = {fastest['x_limit']:.2f}x of {fastest['limit_ms']:.0f} ms |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
