@@ -9,6 +9,7 @@ Batch 16 at 640, 80 classes, random predictions: P5 (3 levels, yolov7 anchors) a
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -74,6 +75,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--img", type=int, default=640)
     ap.add_argument("--no-ref", action="store_true", help="skip the (slow) per-image reference")
+    ap.add_argument("--only", choices=("P5", "P6+aux"), default=None, help="run one model only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from tests.assign_reference import ReferenceLoss
@@ -81,6 +83,8 @@ def main() -> None:
     nc = 80
     rows = []
     for name, pixels, strides, aux in (("P5", P5_ANCHORS, P5_STRIDES, False), ("P6+aux", P6_ANCHORS, P6_STRIDES, True)):
+        if args.only and name != args.only:
+            continue
         nl = len(strides)
         anchors = grid_anchors(pixels, strides)
         hyp = LossHyp().scaled(nl, nc, args.img)
@@ -97,6 +101,7 @@ def main() -> None:
                 t_ref = time_one(ref, preds, targets, args.img, args.ref_runs)
             rows.append((name, per_image, t_fast, t_ref))
             line = f"{name:7s} {per_image:4d} boxes/img  vectorized {t_fast[0]:7.3f} s   per-image {t_ref[0]:7.3f} s"
+            line += f"   (load average {os.getloadavg()[0]:.1f}: other processes skew timings on a shared machine)"
             print(line, flush=True)
     print()
     print(f"batch {args.batch} at {args.img}, {nc} classes, {args.threads} threads; loss + backward, median")

@@ -147,3 +147,20 @@ def test_chunks_respect_the_memory_bound():
         assert hi - lo == 1 or (hi - lo) * int(count[lo:hi].max()) <= 400
         lo = hi
     assert spans == [(0, 2), (2, 3), (3, 6), (6, 7)]
+
+
+@pytest.mark.parametrize("nc,scale", [(1, 1.0), (3, 3.0), (80, 1.0), (80, 8.0), (200, 2.0)])
+def test_approximate_class_cost_stays_within_its_bound(nc, scale):
+    """The certified shortcut: |S0 - x_k - exact row sum| <= bound for every (candidate, class)."""
+    from core.assign.costs import approx_class_cost, decode_candidates, exact_class_cost
+
+    gen = torch.Generator().manual_seed(nc)
+    preds = random_predictions(2, 128, P5_STRIDES, nc, gen, scale)
+    targets = random_boxes(2, (10, 20), nc, gen)
+    table = decode_candidates(preds, find_candidates(targets, P5_ANCHORS, [(16, 16), (8, 8), (4, 4)], 0.5),
+                              P5_STRIDES, 2)  # fmt: skip
+    col = torch.arange(len(table)).repeat_interleave(nc)
+    cls = torch.arange(nc).repeat(len(table))
+    ok = ~table.saturated[col]
+    diff = (approx_class_cost(table, col, cls) - exact_class_cost(table, col, cls, 1 << 20))[ok].abs()
+    assert bool((diff <= table.bound[col][ok]).all())
