@@ -25,7 +25,7 @@ from core.models.yolo import Yolo
 from core.nms import NmsConfig, apply_nms
 
 RAW_REL_TOL = 1e-4
-BOX_TOL_PX = 1e-2  # NMS agreement: same detections, boxes within this
+BOX_TOL_PX = 1e-2  # NMS agreement: same detections, boxes within this (px)
 PROB_TOL = 1e-5  # NMS agreement: scores within this
 
 
@@ -35,26 +35,27 @@ class ReparamError(RuntimeError):
 
 @dataclass(frozen=True)
 class NmsAgreement:
-    """NMS results of the original and the deploy model on the probe, in official order."""
+    """NMS results of the original and the deploy model on the probe.
+
+    ``matched``: detections of the original with a partner in the deploy result (same class, boxes within
+    1e-2 px, scores within 1e-5); ``same_order``: the partners are in the same order. Exactly tied scores (common
+    with untrained weights) may come out in either order, so the order is reported but not required.
+    """
 
     conf: float
     iou: float
     multi_label: bool
     rows: int
     rows_deploy: int
-    same_classes: bool
-    max_box_px: float
-    max_score: float
+    matched: int
+    same_order: bool
+    max_box_px: float  # over matched pairs
+    max_score: float  # over matched pairs
 
     @property
     def identical(self) -> bool:
-        """Same rows, same classes in the same order, boxes within 1e-2 px and scores within 1e-5."""
-        return (
-            self.rows == self.rows_deploy
-            and self.same_classes
-            and self.max_box_px <= BOX_TOL_PX
-            and self.max_score <= PROB_TOL
-        )
+        """The same detections (classes, boxes within 1e-2 px, scores within 1e-5), in any order among ties."""
+        return self.rows == self.rows_deploy == self.matched
 
 
 @dataclass(frozen=True)
@@ -103,10 +104,11 @@ class ReparamCheck:
         ]
         for a in self.nms:
             kind = "multi-label" if a.multi_label else "best class"
-            verdict = "identical" if a.identical else "DIFFERENT"
+            verdict = "identical" if a.identical else f"DIFFERENT ({a.matched} matched)"
+            order = "" if a.same_order or not a.identical else ", tied scores in another order"
             lines.append(
                 f"  NMS conf={a.conf:g} iou={a.iou:g} {kind}: {a.rows} vs {a.rows_deploy} detections, "
-                f"{verdict} (max box diff {a.max_box_px:.3g} px, max score diff {a.max_score:.3g})"
+                f"{verdict} (max box diff {a.max_box_px:.3g} px, max score diff {a.max_score:.3g}{order})"
             )
         lines.append("  check " + ("PASSED" if self.passed else "FAILED: outputs differ beyond tolerance"))
         if self.passed and not self.nms_identical:
@@ -133,13 +135,25 @@ def source_form(model: Yolo) -> str:
 
 def _nms_agreement(a: torch.Tensor, b: torch.Tensor, cfg: NmsConfig) -> NmsAgreement:
     da, db = apply_nms(a, cfg)[0], apply_nms(b, cfg)[0]
-    same_shape = da.shape == db.shape
-    same_cls = same_shape and bool(torch.equal(da[:, 5], db[:, 5]))
-    box = float((da[:, :4] - db[:, :4]).abs().max()) if same_shape and len(da) else 0.0
-    score = float((da[:, 4] - db[:, 4]).abs().max()) if same_shape and len(da) else 0.0
-    if not same_shape:
-        box = score = float("inf")
-    return NmsAgreement(cfg.conf, cfg.iou, cfg.multi_label, int(da.shape[0]), int(db.shape[0]), same_cls, box, score)
+    close = (
+        (da[:, None, 5] == db[None, :, 5])
+        & ((da[:, None, :4] - db[None, :, :4]).abs().amax(-1) <= BOX_TOL_PX)
+        & ((da[:, None, 4] - db[None, :, 4]).abs() <= PROB_TOL)
+    )
+    partner, taken = [], set()
+    for i in range(len(da)):  # greedy, in score order: the first free candidate
+        for j in close[i].nonzero().view(-1).tolist():
+            if j not in taken:
+                taken.add(j)
+                partner.append((i, j))
+                break
+    box = score = 0.0
+    if partner:
+        ia, ib = (torch.tensor(v) for v in zip(*partner))
+        box = float((da[ia, :4] - db[ib, :4]).abs().max())
+        score = float((da[ia, 4] - db[ib, 4]).abs().max())
+    same_order = len(partner) == len(da) == len(db) and all(i == j for i, j in partner)
+    return NmsAgreement(cfg.conf, cfg.iou, cfg.multi_label, len(da), len(db), len(partner), same_order, box, score)
 
 
 @torch.no_grad()
