@@ -24,6 +24,7 @@ _COMMANDS: list[str] = [
     "detect",
     "export",
     "train",
+    "assign",
 ]
 
 
@@ -37,9 +38,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in _COMMANDS:
-        module = importlib.import_module(f"core.cli.{name}")
+        try:
+            module = importlib.import_module(f"core.cli.{name}")
+        except ImportError as exc:  # one broken command must not take the others down
+            _register_broken(sub, name, exc)
+            continue
         module.register(sub)
     return parser
+
+
+def _register_broken(sub: argparse._SubParsersAction, name: str, exc: ImportError) -> None:
+    def fail(_args: argparse.Namespace) -> int:
+        print(f"error: the '{name}' command is unavailable: {exc}", file=sys.stderr)
+        return 2
+
+    p = sub.add_parser(name, help=f"(unavailable: {exc})", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=fail)
 
 
 def main(argv: list[str] | None = None) -> int:

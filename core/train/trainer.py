@@ -59,6 +59,10 @@ class Trainer:
         self._stop_reason: str | None = None
         self.rank, self.world = S.distributed_rank_world()
         self.is_main = self.rank == 0
+        if cfg.objectness_every > 0:  # lead/aux objectness maps of a fixed val image (core.explore.training)
+            from core.explore.training import ObjectnessHook
+
+            self.hooks.append(ObjectnessHook(cfg.objectness_every))
 
     # -- logging -------------------------------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -238,7 +242,7 @@ class Trainer:
                 imgs = S.multi_scale(imgs, cfg, self.epoch, i, int(max(self.model.head.strides)))
             with S.autocast(self.device, self.use_amp, cfg.bf16):
                 pred = model(imgs)
-                loss, items = self.loss_fn([p.float() for p in pred], batch.targets.to(self.device), imgs.shape[-1])
+                loss, items = self.loss_fn([p.float() for p in pred], batch.targets.to(self.device), imgs.shape[2])
             if self.world > 1:
                 loss = loss * self.world
             if not torch.isfinite(loss):
