@@ -148,3 +148,48 @@ def test_unusable_data_gives_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="empty"):
         Trainer(_cfg(empty / "data.yaml", tmp_path / "r")).fit()
     assert RunDir(tmp_path / "r").read_status()["state"] == "failed"
+
+
+def test_reported_metrics_equal_pycocotools_on_the_exported_json(demo: Path, tmp_path: Path, capsys) -> None:
+    import json
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from core.cli import main
+    from core.data import load_dataset
+    from core.data.io_coco import to_coco_dict
+
+    out = tmp_path / "coco"
+    Trainer(_cfg(demo, out, epochs=3, multi_scale=True, image_weights=True, aux=True, eval_conf=0.001)).fit()
+    metrics = json.loads((out / "metrics.json").read_text())
+    gt_file = tmp_path / "gt.json"
+    gt_file.write_text(json.dumps(to_coco_dict(load_dataset(demo), metrics["split"])))
+    preds = json.loads((out / f"predictions_{metrics['split']}.json").read_text())
+    assert preds, "the trained model must produce detections"
+    coco = COCO(str(gt_file))
+    ev = COCOeval(coco, coco.loadRes(preds), "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    assert list(metrics["coco"].values()) == pytest.approx(list(ev.stats), abs=1e-12)
+    # the val command gives the same numbers from the checkpoint
+    capsys.readouterr()
+    code = main(["val", "--data", str(demo), "--weights", str(out / "weights" / "best.pt"), "--img", "96",
+                 "--conf", "0.001", "--split", metrics["split"], "--json", "--device", "cpu", "--workers", "0"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert list(printed["coco"].values()) == pytest.approx(list(ev.stats), abs=1e-9)
+
+
+def test_fine_tuning_from_an_official_checkpoint(demo: Path, tmp_path: Path) -> None:
+    from core.models import build_model
+    from tests.official_format import write_official
+
+    official = write_official(tmp_path / "yolov7-tiny.pt", build_model("yolov7-tiny", 80), "stripped")
+    out = tmp_path / "ft_official"
+    Trainer(_cfg(demo, out, epochs=1, width=1.0, weights=str(official), img=64, max_steps=2)).fit()
+    log = (out / "train.log").read_text()
+    assert "official yolov7-tiny training, 80 classes" in log and "re-initialised" in log
+    ck = read_checkpoint(out / "weights" / "last.pt")
+    assert ck["model"]["num_classes"] == 4 and ck["model"]["name"] == "yolov7-tiny"

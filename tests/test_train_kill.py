@@ -58,3 +58,22 @@ def test_sigkill_mid_epoch_then_resume(tmp_path: Path) -> None:
         assert torch.equal(v, b["state_dict"][k]), k
     for k, v in a["ema"].items():
         assert torch.equal(v, b["ema"][k]), k
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_with_a_checkpoint(tmp_path: Path) -> None:
+    data = make_demo_dataset(tmp_path / "demo", n_images=24, img_size=128)
+    out = tmp_path / "term"
+    proc = subprocess.Popen([sys.executable, "-m", "core", "train", "--data", str(data), "--out", str(out), *ARGS,
+                             "--epochs", "20"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    status = RunDir(out)
+    deadline = time.time() + 600
+    while time.time() < deadline and (status.read_status() or {}).get("iteration", 0) < 2:
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 0
+    st = status.read_status()
+    assert st["state"] == "stopped" and "SIGTERM" in st["message"]
+    ck = read_checkpoint(out / "weights" / "last.pt")
+    assert ck["train"]["iteration"] >= 2

@@ -40,7 +40,7 @@ class CocoMetrics:
 
 def _empty(class_names: list[str]) -> CocoMetrics:
     return CocoMetrics({k: 0.0 for k in STAT_NAMES}, {n: 0.0 for n in class_names}, {n: 0.0 for n in class_names},
-                       "no detections")
+                       "no detections\n")
 
 
 def evaluate_coco(gt: dict[str, Any], detections: list[dict[str, Any]]) -> CocoMetrics:
