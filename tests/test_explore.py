@@ -55,9 +55,20 @@ def _explored(case_id: str):
     return model, explore_image(model, _image(), BOXES, CLASSES, img_size=IMG)
 
 
+@functools.cache
+def _figure(case_id: str):
+    return exploration_figure(_explored(case_id)[1])
+
+
 @pytest.fixture(params=list(CASES))
 def case(request):
     return _explored(request.param)
+
+
+@pytest.fixture(params=list(CASES))
+def case_fig(request):
+    model, exp = _explored(request.param)
+    return model, exp, _figure(request.param)
 
 
 def _raw(model, exp) -> list[torch.Tensor]:
@@ -151,9 +162,8 @@ def _check_cells(fig, exp):
     return seen
 
 
-def test_interactive_figure_draws_exactly_the_assignment(case):
-    model, exp = case
-    fig = exploration_figure(exp)
+def test_interactive_figure_draws_exactly_the_assignment(case_fig):
+    model, exp, fig = case_fig
     seen = _check_cells(fig, exp)
     # every (level, anchor) view with positives has its traces; totals match the view
     nl, na = len(exp.levels), model.head.na
@@ -178,9 +188,8 @@ def test_interactive_figure_draws_exactly_the_assignment(case):
     assert n_maps == 2 * nl * (na + 1) * 4  # 2 heads x levels x (anchors + max) x (objectness + 3 classes)
 
 
-def test_dropdowns_show_one_view_at_a_time(case):
-    _, exp = case
-    fig = exploration_figure(exp)
+def test_dropdowns_show_one_view_at_a_time(case_fig):
+    _, exp, fig = case_fig
     views, kinds = fig.layout.updatemenus[0].buttons, fig.layout.updatemenus[1].buttons
     assert len(views) == len(exp.levels) * (len(exp.levels[0].anchors_px) + 1) and len(kinds) == 4
 
@@ -203,6 +212,9 @@ def test_dropdowns_show_one_view_at_a_time(case):
         assert cells <= {lv}
     initial = shown([t.visible for t in fig.data])
     assert len(initial) == 2
+    few = exploration_figure(exp, classes=[1])  # only the maps asked for
+    assert [b.label for b in few.layout.updatemenus[1].buttons] == ["objectness", "obj × P(green)"]
+    assert {t.meta["class"] for t in few.data if (t.meta or {}).get("role") == "lead_map"} == {None, 1}
 
 
 def test_level_pngs_are_written_and_not_empty(tmp_path):

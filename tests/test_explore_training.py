@@ -18,7 +18,7 @@ from core.train import TrainConfig, Trainer
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    demo = make_demo_dataset(tmp_path_factory.mktemp("demo") / "demo", n_images=10, img_size=96)
+    demo = make_demo_dataset(tmp_path_factory.mktemp("demo") / "demo", n_images=8, img_size=96)
     out = tmp_path_factory.mktemp("run") / "run"
     cfg = TrainConfig(data=str(demo), model="yolov7-tiny", width=0.125, aux=True, out=str(out), epochs=2, img=64,
                       batch=4, workers=0, nbs=4, progress=False, seed=3, plots="all", objectness_every=2,

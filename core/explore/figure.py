@@ -18,6 +18,7 @@ front ends can find what is drawn; cell markers carry ``customdata`` rows
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -342,13 +343,20 @@ def _title(exp: ImageExploration) -> str:
 
 
 def exploration_figure(exp: ImageExploration, *, level: int | None = None, zmax: str = "shared",
-                       width: int = 1500) -> go.Figure:  # fmt: skip
-    """The interactive figure (see the module docstring). ``zmax``: ``shared`` = the colour range of each view is
-    0..max of its lead and aux maps (so the two heads are compared on one scale), ``fixed`` = 0..1."""
+                       classes: Sequence[int] | None = None, width: int = 1500) -> go.Figure:  # fmt: skip
+    """The interactive figure (see the module docstring).
+
+    ``level``: the level shown first (default: the one with most positives). ``zmax``: ``shared`` = the colour range
+    of each view is 0..max of its lead and aux maps (at least ``ZMAX_FLOOR``), so the two heads are compared on one
+    scale; ``fixed`` = 0..1. ``classes``: the obj x class maps offered in the map dropdown (default: every class
+    the engine computed, i.e. the boxes' classes); each adds ``2 x levels x (anchors + 1)`` heatmaps to the HTML.
+    """
     b = _Builder(exp, _title(exp), width)
     b.top = 140  # room for the two dropdowns
     b.add_static(None)
-    kinds: list[int | None] = [None, *sorted(exp.levels[0].lead_cls)]
+    available = sorted(exp.levels[0].lead_cls)
+    chosen = available if classes is None else [c for c in available if c in set(classes)]
+    kinds: list[int | None] = [None, *chosen]
     for lv in exp.levels:
         for a in [-1, *range(len(lv.anchors_px))]:
             b.add_view(lv.level, a, kinds, zmax)

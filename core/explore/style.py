@@ -17,7 +17,8 @@ import plotly.graph_objects as go
 # bright, mutually distinct colours that stay visible over a dark heatmap and a grey image
 BOX_COLOURS: tuple[str, ...] = (
     "#00e5ff", "#ff3df2", "#7CFC00", "#ff9f1c", "#ff3b3b", "#4d7cff", "#ffe600", "#00ffa3",
-    "#c77dff", "#ff7aa2", "#b8ff5c", "#5cf2ff",
+    "#c77dff", "#ff7aa2", "#b8ff5c", "#5cf2ff", "#ff6d00", "#1de9b6", "#e040fb", "#ffd180",
+    "#82b1ff", "#c6ff00",
 )  # fmt: skip
 FINE_COLOUR = "#1f77b4"  # the fine (lead) set in statistics plots
 COARSE_COLOUR = "#ff7f0e"  # the coarse (aux) set in statistics plots
@@ -76,9 +77,7 @@ def heatmap_trace(z: np.ndarray, stride: int, zmax: float, *, name: str, colorba
         colorbar={"title": {"text": colorbar_title or "", "side": "right", "font": {"color": "white"}},
                   "x": colorbar_x, "len": 0.8, "thickness": 14, "bgcolor": "#555", "outlinewidth": 0,
                   "tickfont": {"color": "white"}},
-        hovertemplate=f"cell row %{{customdata[0]}}, col %{{customdata[1]}}<br>{hover_label} %{{z:.4f}}<extra>"
-        f"{name}</extra>",
-        customdata=np.stack(np.meshgrid(np.arange(z.shape[0]), np.arange(z.shape[1]), indexing="ij"), -1),
+        hovertemplate=f"cell centre x %{{x}}, y %{{y}} px<br>{hover_label} %{{z:.4f}}<extra>{name}</extra>",
     )  # fmt: skip
 
 

@@ -173,7 +173,7 @@ def _base(snap: Snapshot, title: str, panel: int = PANEL) -> go.Figure:
             "objectness σ(obj), max over each level's anchors, colour range fixed 0..1 (bright = high); grey "
             "outlines: ground-truth boxes<br>filled squares: fine positives (lead labels) · open squares: coarse "
             "positives (aux labels) · coloured per box · both sets assigned from the lead predictions")}},
-        width=panel * nl + 120, height=2 * panel + 150, margin={"l": 10, "r": 100, "t": 120, "b": 10},
+        width=panel * nl + 120, height=2 * panel + 200, margin={"l": 10, "r": 100, "t": 140, "b": 30},
         plot_bgcolor="#222",
     )  # fmt: skip
     return fig
