@@ -46,8 +46,10 @@ def bench_iteration(args: argparse.Namespace) -> None:
     ds = check_dataset(load_dataset(data), decode=False).dataset
     hyp = get_hyp("tiny")
     loader = create_train_loader(ds, args.img, args.batch, hyp, workers=args.workers, seed=0)
-    print(f"data {data}: {len(ds.split('train'))} train images; yolov7-tiny, img {args.img}, batch {args.batch}, "
-          f"{args.workers} workers, {torch.get_num_threads()} threads")
+    print(
+        f"data {data}: {len(ds.split('train'))} train images; yolov7-tiny, img {args.img}, batch {args.batch}, "
+        f"{args.workers} workers, {torch.get_num_threads()} threads"
+    )
     for mode in ("fp32", "bf16"):
         torch.manual_seed(0)
         model = build_model("yolov7-tiny", ds.num_classes, class_names=list(ds.class_names)).train()
@@ -68,8 +70,9 @@ def bench_iteration(args: argparse.Namespace) -> None:
             if args.channels_last:
                 imgs = imgs.contiguous(memory_format=torch.channels_last)
             t1 = _now()
-            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if mode == "bf16" else torch.autocast("cpu",
-                                                                                                   enabled=False)
+            ctx = (
+                torch.autocast("cpu", dtype=torch.bfloat16) if mode == "bf16" else torch.autocast("cpu", enabled=False)
+            )
             with ctx:
                 pred = model(imgs)
             t2 = _now()
@@ -83,9 +86,11 @@ def bench_iteration(args: argparse.Namespace) -> None:
                 for k, v in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
                     times[k].append(v)
         med = {k: 1000 * statistics.median(v) for k, v in times.items()}
-        print(f"{mode:5s} per iteration (median of {args.steps}, ms): " +
-              "  ".join(f"{k} {v:.0f}" for k, v in med.items()) +
-              f"  -> {args.batch / (med['total'] / 1000):.1f} images/s")
+        print(
+            f"{mode:5s} per iteration (median of {args.steps}, ms): "
+            + "  ".join(f"{k} {v:.0f}" for k, v in med.items())
+            + f"  -> {args.batch / (med['total'] / 1000):.1f} images/s"
+        )
 
 
 def bench_bccd(args: argparse.Namespace) -> None:
@@ -110,19 +115,34 @@ def bench_bccd(args: argparse.Namespace) -> None:
     from core.checkpoint.io import load_model
 
     best = load_model(out / "weights" / "best.pt").model
-    test = evaluate_model(best, trainer.dataset, cfg.replace(val_split="test"), torch.device("cpu"),
-                          save_json=out / "predictions_test.json")
+    test = evaluate_model(
+        best,
+        trainer.dataset,
+        cfg.replace(val_split="test"),
+        torch.device("cpu"),
+        save_json=out / "predictions_test.json",
+    )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    result = {"state": status["state"], "epochs": cfg.epochs, "wall_min": wall / 60,
-              "test_mAP50": test.coco.map50, "test_mAP50-95": test.coco.map,
-              "test_per_class_ap": test.coco.per_class_ap, "test_per_class_ap50": test.coco.per_class_ap50,
-              "peak_rss_mb": peak_mb, "peak_rss_worker_mb": children_mb, "config": cfg.to_dict()}
+    result = {
+        "state": status["state"],
+        "epochs": cfg.epochs,
+        "wall_min": wall / 60,
+        "test_mAP50": test.coco.map50,
+        "test_mAP50-95": test.coco.map,
+        "test_per_class_ap": test.coco.per_class_ap,
+        "test_per_class_ap50": test.coco.per_class_ap50,
+        "peak_rss_mb": peak_mb,
+        "peak_rss_worker_mb": children_mb,
+        "config": cfg.to_dict(),
+    }
     (out / "bench_result.json").write_text(json.dumps(result, indent=1, default=str))
     print(test.summary())
-    print(f"BCCD yolov7-tiny {cfg.epochs} epochs img {cfg.img} batch {cfg.batch}: test mAP50 {test.coco.map50:.3f} "
-          f"mAP50-95 {test.coco.map:.3f}; wall {wall / 60:.1f} min (incl. per-epoch eval); "
-          f"peak RSS {peak_mb:.0f} MB (+ workers {children_mb:.0f} MB)")
+    print(
+        f"BCCD yolov7-tiny {cfg.epochs} epochs img {cfg.img} batch {cfg.batch}: test mAP50 {test.coco.map50:.3f} "
+        f"mAP50-95 {test.coco.map:.3f}; wall {wall / 60:.1f} min (incl. per-epoch eval); "
+        f"peak RSS {peak_mb:.0f} MB (+ workers {children_mb:.0f} MB)"
+    )
 
 
 def main() -> None:

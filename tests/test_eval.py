@@ -21,8 +21,16 @@ def _gt() -> dict:
         for _ in range(rng.integers(1, 6)):
             x, y = rng.uniform(0, 250), rng.uniform(0, 180)
             w, h = rng.uniform(8, 60), rng.uniform(8, 55)
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(rng.integers(1, 4)),
-                         "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": int(rng.integers(1, 4)),
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
     cats = [{"id": c, "name": n} for c, n in ((1, "a"), (2, "b"), (3, "c"))]
     return {"images": images, "annotations": anns, "categories": cats}
 
@@ -34,9 +42,14 @@ def _noisy_detections(gt: dict, seed: int = 1) -> list[dict]:
         if rng.random() < 0.85:
             x, y, w, h = a["bbox"]
             j = rng.normal(0, 2.5, 4)
-            dets.append({"image_id": a["image_id"], "category_id": a["category_id"],
-                         "bbox": [x + j[0], y + j[1], max(w + j[2], 1), max(h + j[3], 1)],
-                         "score": float(rng.uniform(0.3, 1))})
+            dets.append(
+                {
+                    "image_id": a["image_id"],
+                    "category_id": a["category_id"],
+                    "bbox": [x + j[0], y + j[1], max(w + j[2], 1), max(h + j[3], 1)],
+                    "score": float(rng.uniform(0.3, 1)),
+                }
+            )
     for i in range(1, 9):  # false positives
         dets.append({"image_id": i, "category_id": 1, "bbox": [5, 5, 20, 20], "score": 0.2})
     return dets
@@ -64,8 +77,10 @@ def test_metrics_equal_pycocotools_run_directly(tmp_path: Path) -> None:
 
 def test_perfect_and_empty_predictions() -> None:
     gt = _gt()
-    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
-               for a in gt["annotations"]]
+    perfect = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+        for a in gt["annotations"]
+    ]
     assert evaluate_coco(gt, perfect).map == pytest.approx(1.0)
     assert evaluate_coco(gt, []).map == 0.0
 
@@ -73,8 +88,9 @@ def test_perfect_and_empty_predictions() -> None:
 def test_matching_curves_and_confusion() -> None:
     gt_boxes = torch.tensor([[0, 0, 10, 10], [20, 20, 40, 40.0]])
     gt_cls = torch.tensor([0, 1])
-    det = torch.tensor([[0, 0, 10, 10, 0.9, 0], [21, 21, 40, 40, 0.8, 1], [0, 0, 10, 10, 0.7, 0],
-                        [50, 50, 60, 60, 0.6, 1]])
+    det = torch.tensor(
+        [[0, 0, 10, 10, 0.9, 0], [21, 21, 40, 40, 0.8, 1], [0, 0, 10, 10, 0.7, 0], [50, 50, 60, 60, 0.6, 1]]
+    )
     correct = match_image(det, gt_boxes, gt_cls)
     assert correct[:, 0].tolist() == [True, True, False, False]  # duplicate and background are false positives
     assert correct[1].sum() < 10  # IoU 0.9: not correct at the strictest thresholds

@@ -19,8 +19,21 @@ def demo(tmp_path_factory) -> Path:
 
 
 def _cfg(demo: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(data=str(demo), model="yolov7-tiny", width=0.25, out=str(out), epochs=2, img=96, batch=4,
-                workers=0, nbs=4, progress=False, seed=3, eval_conf=0.01, plots="html")
+    base = dict(
+        data=str(demo),
+        model="yolov7-tiny",
+        width=0.25,
+        out=str(out),
+        epochs=2,
+        img=96,
+        batch=4,
+        workers=0,
+        nbs=4,
+        progress=False,
+        seed=3,
+        eval_conf=0.01,
+        plots="html",
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -47,8 +60,25 @@ def test_run_directory_contract(demo: Path, tmp_path: Path) -> None:
     assert run.read_status()["state"] == "finished"
     rows = run.read_results()
     assert [r["epoch"] for r in rows] == [1, 2]
-    for col in ("box", "obj", "cls", "aux_box", "aux_obj", "aux_cls", "lr0", "lr1", "lr2", "precision", "recall",
-                "mAP50", "mAP50-95", "AP50/circle", "AP50-95/cross", "labels_lost_share", "fitness"):
+    for col in (
+        "box",
+        "obj",
+        "cls",
+        "aux_box",
+        "aux_obj",
+        "aux_cls",
+        "lr0",
+        "lr1",
+        "lr2",
+        "precision",
+        "recall",
+        "mAP50",
+        "mAP50-95",
+        "AP50/circle",
+        "AP50-95/cross",
+        "labels_lost_share",
+        "fitness",
+    ):
         assert col in rows[0], col
     assert rows[0]["aux_box"] > 0  # the aux head is trained
     assert 0 < rows[0]["labels_lost_share"] < 1
@@ -105,8 +135,9 @@ def test_stop_file_ends_the_run_cleanly(demo: Path, tmp_path: Path) -> None:
 
 def test_early_stopping(demo: Path, tmp_path: Path) -> None:
     out = tmp_path / "early"
-    status = Trainer(_cfg(demo, out, epochs=6, patience=1, lr_schedule="linear",
-                          hyp_overrides={"lr0": 0.0, "warmup_bias_lr": 0.0})).fit()
+    status = Trainer(
+        _cfg(demo, out, epochs=6, patience=1, lr_schedule="linear", hyp_overrides={"lr0": 0.0, "warmup_bias_lr": 0.0})
+    ).fit()
     # with a zero learning rate nothing improves after the first evaluation
     assert status["state"] == "finished" and status["message"].startswith("early stop")
     assert len(RunDir(out).read_results()) == 2
@@ -116,7 +147,9 @@ def test_fine_tuning_reinitialises_the_head_and_says_so(demo: Path, tmp_path: Pa
     from core.checkpoint.io import save_checkpoint
     from core.models import build_model, get_spec, scale_width
 
-    src = build_model(scale_width(get_spec("yolov7-tiny"), 0.25), 7, class_names=[f"c{i}" for i in range(6)] + ["circle"])
+    src = build_model(
+        scale_width(get_spec("yolov7-tiny"), 0.25), 7, class_names=[f"c{i}" for i in range(6)] + ["circle"]
+    )
     weights = save_checkpoint(tmp_path / "src.pt", src)
     out = tmp_path / "ft"
     Trainer(_cfg(demo, out, epochs=1, weights=str(weights), freeze=(0, 1))).fit()
@@ -175,8 +208,26 @@ def test_reported_metrics_equal_pycocotools_on_the_exported_json(demo: Path, tmp
     assert list(metrics["coco"].values()) == pytest.approx(list(ev.stats), abs=1e-12)
     # the val command gives the same numbers from the checkpoint
     capsys.readouterr()
-    code = main(["val", "--data", str(demo), "--weights", str(out / "weights" / "best.pt"), "--img", "96",
-                 "--conf", "0.001", "--split", metrics["split"], "--json", "--device", "cpu", "--workers", "0"])
+    code = main(
+        [
+            "val",
+            "--data",
+            str(demo),
+            "--weights",
+            str(out / "weights" / "best.pt"),
+            "--img",
+            "96",
+            "--conf",
+            "0.001",
+            "--split",
+            metrics["split"],
+            "--json",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ]
+    )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert list(printed["coco"].values()) == pytest.approx(list(ev.stats), abs=1e-9)

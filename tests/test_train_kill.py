@@ -16,16 +16,38 @@ from core.checkpoint.io import read_checkpoint
 from core.data.demo import make_demo_dataset
 from core.train import RunDir, TrainConfig, Trainer
 
-ARGS = ["--model", "yolov7-tiny", "--width", "0.25", "--epochs", "3", "--img", "128", "--batch", "4", "--nbs", "4",
-        "--workers", "0", "--device", "cpu", "--seed", "5", "--no-progress"]
+ARGS = [
+    "--model",
+    "yolov7-tiny",
+    "--width",
+    "0.25",
+    "--epochs",
+    "3",
+    "--img",
+    "128",
+    "--batch",
+    "4",
+    "--nbs",
+    "4",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--seed",
+    "5",
+    "--no-progress",
+]
 
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume(tmp_path: Path) -> None:
     data = make_demo_dataset(tmp_path / "demo", n_images=24, img_size=128)
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "core", "train", "--data", str(data), "--out", str(out), *ARGS],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "core", "train", "--data", str(data), "--out", str(out), *ARGS],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = out / "weights" / "last.pt"
     deadline = time.time() + 600
     try:
@@ -44,14 +66,28 @@ def test_sigkill_mid_epoch_then_resume(tmp_path: Path) -> None:
     ck = read_checkpoint(last)  # loadable: written atomically
     assert ck["train"]["epoch"] == 1
     assert RunDir(out).read_status()["state"] in ("running", "queued")  # nobody could mark it
-    resumed = subprocess.run([sys.executable, "-m", "core", "train", "--resume", str(out)], capture_output=True,
-                             text=True, timeout=900)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "core", "train", "--resume", str(out)], capture_output=True, text=True, timeout=900
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert RunDir(out).read_status()["state"] == "finished"
     # the same run without the kill
     straight = tmp_path / "straight"
-    cfg = TrainConfig(data=str(data), model="yolov7-tiny", width=0.25, epochs=3, img=128, batch=4, nbs=4, workers=0,
-                      device="cpu", seed=5, out=str(straight), progress=False, plots="none")
+    cfg = TrainConfig(
+        data=str(data),
+        model="yolov7-tiny",
+        width=0.25,
+        epochs=3,
+        img=128,
+        batch=4,
+        nbs=4,
+        workers=0,
+        device="cpu",
+        seed=5,
+        out=str(straight),
+        progress=False,
+        plots="none",
+    )
     Trainer(cfg).fit()
     a, b = read_checkpoint(straight / "weights" / "last.pt"), read_checkpoint(last)
     for k, v in a["state_dict"].items():
@@ -64,8 +100,12 @@ def test_sigkill_mid_epoch_then_resume(tmp_path: Path) -> None:
 def test_sigterm_stops_cleanly_with_a_checkpoint(tmp_path: Path) -> None:
     data = make_demo_dataset(tmp_path / "demo", n_images=24, img_size=128)
     out = tmp_path / "term"
-    proc = subprocess.Popen([sys.executable, "-m", "core", "train", "--data", str(data), "--out", str(out), *ARGS,
-                             "--epochs", "20"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "core", "train", "--data", str(data), "--out", str(out), *ARGS, "--epochs", "20"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     status = RunDir(out)
     deadline = time.time() + 600
     while time.time() < deadline and (status.read_status() or {}).get("iteration", 0) < 2:

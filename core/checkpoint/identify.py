@@ -39,7 +39,7 @@ def _build_meta(name: str, deploy: bool, aux: bool, fused: bool) -> torch.nn.Mod
 def _signature(name: str, deploy: bool, aux: bool, fused: bool) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """Keys and shapes of a variant, with the class-dependent head dimension replaced by -1."""
     model = _build_meta(name, deploy, aux, fused)
-    head = len(model.model) - 1
+    head = len(model.model) - 1  # type: ignore[arg-type]
     return tuple((k, _normalise(k, tuple(v.shape), head)) for k, v in model.state_dict().items())
 
 
@@ -84,7 +84,7 @@ def identify(state_dict: dict[str, torch.Tensor], prefer: str | None = None) -> 
             continue
         for deploy in (False, True):
             for aux in (False,) if deploy else (spec.default_aux, not spec.default_aux):
-                if len(_build_meta(name, deploy, aux, False).model) - 1 != head:
+                if len(_build_meta(name, deploy, aux, False).model) - 1 != head:  # type: ignore[arg-type]
                     continue
                 for fused in (False, True):
                     sig = _signature(name, deploy, aux, fused)

@@ -59,7 +59,7 @@ def _allowed_functions() -> dict[tuple[str, str], Any]:
         ("builtins", "frozenset"): frozenset,
         ("builtins", "slice"): slice,
         ("_codecs", "encode"): _codecs.encode,
-        ("copyreg", "_reconstructor"): copyreg._reconstructor,
+        ("copyreg", "_reconstructor"): copyreg._reconstructor,  # type: ignore[attr-defined]
         ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
         ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
         ("torch", "Size"): torch.Size,

@@ -7,26 +7,43 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train or fine-tune a YOLOv7 model (official recipe, EMA, resume, DDP)",
-                       description="Train a YOLOv7 variant on any dataset `yolov7-studio data` reads. The run "
-                       "directory (--out) gets config.json, status.json, results.csv, weights/last.pt and best.pt, "
-                       "plots/ and train.log. Create <out>/STOP (or send SIGTERM) to stop cleanly; --resume continues.")
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune a YOLOv7 model (official recipe, EMA, resume, DDP)",
+        description="Train a YOLOv7 variant on any dataset `yolov7-studio data` reads. The run "
+        "directory (--out) gets config.json, status.json, results.csv, weights/last.pt and best.pt, "
+        "plots/ and train.log. Create <out>/STOP (or send SIGTERM) to stop cleanly; --resume continues.",
+    )
     p.add_argument("--data", required=False, help="dataset folder, data.yaml, COCO json, .zip or dataset definition")
     p.add_argument("--model", default="yolov7-tiny", help="variant (see `yolov7-studio models`)")
     p.add_argument("--weights", default=None, help="start from this checkpoint (ours or an official .pt)")
     p.add_argument("--width", type=float, default=1.0, help="channel-width multiple (official width_multiple)")
-    p.add_argument("--aux", action=argparse.BooleanOptionalAction, default=None,
-                   help="auxiliary head (default: as the official config; --aux adds it to P5 models)")
+    p.add_argument(
+        "--aux",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="auxiliary head (default: as the official config; --aux adds it to P5 models)",
+    )
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--img", type=int, default=640, help="training image size (square)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", default=None, help="run directory (default runs/<model>)")
     p.add_argument("--hyp", default="auto", help="p5 | p6 | tiny | custom | path to a hyp YAML (default: by model)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one hyperparameter, e.g. --set lr0=0.02 (repeatable)")
-    p.add_argument("--resume", nargs="?", const=True, default=None,
-                   help="resume the run in --out (or the given run directory / last.pt) from its last checkpoint")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one hyperparameter, e.g. --set lr0=0.02 (repeatable)",
+    )
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        help="resume the run in --out (or the given run directory / last.pt) from its last checkpoint",
+    )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd")
@@ -37,8 +54,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU")
     p.add_argument("--multi-scale", action="store_true")
     p.add_argument("--image-weights", action="store_true")
-    p.add_argument("--freeze", type=int, nargs="*", default=[],
-                   help="freeze layers: one number N = the first N layers (official), several = those indices")
+    p.add_argument(
+        "--freeze",
+        type=int,
+        nargs="*",
+        default=[],
+        help="freeze layers: one number N = the first N layers (official), several = those indices",
+    )
     p.add_argument("--freeze-backbone", action="store_true", help="freeze the backbone layers")
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--cache", action="store_true", help="cache decoded images in RAM")
@@ -48,8 +70,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-interval", type=int, default=1)
     p.add_argument("--save-period", type=int, default=0)
     p.add_argument("--sync-bn", action="store_true")
-    p.add_argument("--objectness-every", type=int, default=0,
-                   help="save lead/aux objectness maps of a fixed val image every N epochs")
+    p.add_argument(
+        "--objectness-every",
+        type=int,
+        default=0,
+        help="save lead/aux objectness maps of a fixed val image every N epochs",
+    )
     p.add_argument("--max-steps", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_train)
@@ -97,7 +123,7 @@ def run_train(args: argparse.Namespace) -> int:
         if args.epochs != 100 and args.epochs > cfg.epochs:
             print(f"note: the resumed run keeps its schedule of {cfg.epochs} epochs", file=sys.stderr)
         resume = target
-        if RunDir(cfg.out).read_status() and RunDir(cfg.out).read_status().get("state") == "finished":
+        if (RunDir(cfg.out).read_status() or {}).get("state") == "finished":
             print(f"{cfg.out}: the run already finished", file=sys.stderr)
             return 0
     else:
@@ -113,7 +139,8 @@ def run_train(args: argparse.Namespace) -> int:
             with torch.device("meta"):
                 freeze = sorted(set(freeze) | set(range(build_model(args.model, 1).backbone_end)))
         cfg = TrainConfig(
-            data=args.data, model=args.model, width=args.width, out=args.out or f"runs/{args.model}", weights=args.weights,
+            data=args.data, model=args.model, width=args.width, out=args.out or f"runs/{args.model}",
+            weights=args.weights,
             aux=args.aux, epochs=args.epochs, img=args.img, batch=args.batch, device=args.device, hyp=args.hyp,
             hyp_overrides=_overrides(args.set), workers=args.workers, seed=args.seed, optimizer=args.optimizer,
             lr_schedule=args.lr_schedule, nbs=args.nbs, warmup_min_iters=args.warmup_min_iters, ema=not args.no_ema,
@@ -158,19 +185,41 @@ def run_val(args: argparse.Namespace) -> int:
         return 2
     model = loaded.model
     if list(model.names) != list(dataset.class_names):
-        print(f"error: the model's classes {model.names} differ from the dataset's {list(dataset.class_names)}",
-              file=sys.stderr)
+        print(
+            f"error: the model's classes {model.names} differ from the dataset's {list(dataset.class_names)}",
+            file=sys.stderr,
+        )
         return 2
     if not dataset.split(args.split):
         print(f"error: no images in split '{args.split}' (splits: {dataset.split_counts()})", file=sys.stderr)
         return 2
-    result = evaluate(model, dataset, args.split, img_size=args.img, batch_size=args.batch, workers=args.workers,
-                      nms=NmsConfig(conf=args.conf, iou=args.iou, multi_label=True),
-                      device=select_device(args.device), save_json=args.save_json, progress=not args.json)
+    result = evaluate(
+        model,
+        dataset,
+        args.split,
+        img_size=args.img,
+        batch_size=args.batch,
+        workers=args.workers,
+        nms=NmsConfig(conf=args.conf, iou=args.iou, multi_label=True),
+        device=select_device(args.device),
+        save_json=args.save_json,
+        progress=not args.json,
+    )
     if args.json:
-        print(json.dumps({"coco": result.coco.stats, "per_class_ap50": result.coco.per_class_ap50,
-                          "per_class_ap": result.coco.per_class_ap, "precision": result.precision,
-                          "recall": result.recall, "images": result.num_images, "boxes": result.num_boxes}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "coco": result.coco.stats,
+                    "per_class_ap50": result.coco.per_class_ap50,
+                    "per_class_ap": result.coco.per_class_ap,
+                    "precision": result.precision,
+                    "recall": result.recall,
+                    "images": result.num_images,
+                    "boxes": result.num_boxes,
+                },
+                indent=1,
+            )
+        )
     else:
         print(loaded.summary())
         print(result.coco.summary)

@@ -39,8 +39,9 @@ class CocoMetrics:
 
 
 def _empty(class_names: list[str]) -> CocoMetrics:
-    return CocoMetrics({k: 0.0 for k in STAT_NAMES}, {n: 0.0 for n in class_names}, {n: 0.0 for n in class_names},
-                       "no detections\n")
+    return CocoMetrics(
+        {k: 0.0 for k in STAT_NAMES}, {n: 0.0 for n in class_names}, {n: 0.0 for n in class_names}, "no detections\n"
+    )
 
 
 def evaluate_coco(gt: dict[str, Any], detections: list[dict[str, Any]]) -> CocoMetrics:

@@ -59,9 +59,11 @@ class EvalResult:
             f"{'class':<16}{'boxes':>7}{'P':>7}{'R':>7}{'AP50':>7}{'AP50-95':>9}",
         ]
         for c, name in enumerate(self.class_names):
-            lines.append(f"{name:<16}{int(self.curves.n_gt[c]):>7}{self.curves.p[c]:>7.3f}{self.curves.r[c]:>7.3f}"
-                         f"{self.coco.per_class_ap50.get(name, float('nan')):>7.3f}"
-                         f"{self.coco.per_class_ap.get(name, float('nan')):>9.3f}")
+            lines.append(
+                f"{name:<16}{int(self.curves.n_gt[c]):>7}{self.curves.p[c]:>7.3f}{self.curves.r[c]:>7.3f}"
+                f"{self.coco.per_class_ap50.get(name, float('nan')):>7.3f}"
+                f"{self.coco.per_class_ap.get(name, float('nan')):>9.3f}"
+            )
         return "\n".join(lines)
 
 
@@ -78,17 +80,33 @@ def coco_results(image_id: int, det: torch.Tensor) -> list[dict[str, Any]]:
     """COCO results entries (category_id = class + 1, bbox xywh) for one image's detections."""
     out = []
     for x1, y1, x2, y2, score, cls in det.tolist():
-        out.append({"image_id": image_id, "category_id": int(cls) + 1,
-                    "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                    "score": round(score, 5)})
+        out.append(
+            {
+                "image_id": image_id,
+                "category_id": int(cls) + 1,
+                "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                "score": round(score, 5),
+            }
+        )
     return out
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: Any, split: str = "val", *, img_size: int = 640, batch_size: int = 16,
-             workers: int = 0, nms: NmsConfig = VAL_NMS, device: torch.device | str = "cpu",
-             save_json: str | Path | None = None, fuse: bool = True, loader: Any = None,
-             progress: bool = False) -> EvalResult:
+def evaluate(
+    model: torch.nn.Module,
+    dataset: Any,
+    split: str = "val",
+    *,
+    img_size: int = 640,
+    batch_size: int = 16,
+    workers: int = 0,
+    nms: NmsConfig = VAL_NMS,
+    device: torch.device | str = "cpu",
+    save_json: str | Path | None = None,
+    fuse: bool = True,
+    loader: Any = None,
+    progress: bool = False,
+) -> EvalResult:
     """Run ``model`` over ``dataset.split(split)`` (letterbox, rectangular batches) and compute every metric.
 
     ``fuse``: evaluate the re-parameterized deploy form (same outputs, faster). ``save_json``: write the
@@ -146,5 +164,13 @@ def evaluate(model: torch.nn.Module, dataset: Any, split: str = "val", *, img_si
         Path(save_json).write_text(json.dumps(detections))
     coco = evaluate_coco(to_coco_dict(dataset, split), detections)
     n = max(len(records), 1)
-    return EvalResult(coco, curves, confusion.matrix, class_names, detections, len(records), int(gt_all.size),
-                      {"inference": 1000 * t_inf / n, "nms": 1000 * t_nms / n})
+    return EvalResult(
+        coco,
+        curves,
+        confusion.matrix,
+        class_names,
+        detections,
+        len(records),
+        int(gt_all.size),
+        {"inference": 1000 * t_inf / n, "nms": 1000 * t_nms / n},
+    )

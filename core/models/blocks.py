@@ -7,6 +7,8 @@ All BatchNorms use the official ``eps=1e-3, momentum=0.03``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,10 +38,12 @@ def fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d)
 
     ``weight``: [C_out, C_in/g, k, k]; returns the folded weight and a [C_out] bias.
     """
-    std = (bn.running_var + bn.eps).sqrt()
+    mean, var = bn.running_mean, bn.running_var
+    assert mean is not None and var is not None, "fold_bn needs BatchNorm running statistics"
+    std = (var + bn.eps).sqrt()
     scale = bn.weight / std
-    b = bias if bias is not None else torch.zeros_like(bn.running_mean)
-    return weight * scale.reshape(-1, 1, 1, 1), bn.bias + (b - bn.running_mean) * scale
+    b = bias if bias is not None else torch.zeros_like(mean)
+    return weight * scale.reshape(-1, 1, 1, 1), bn.bias + (b - mean) * scale
 
 
 class Conv(nn.Module):
@@ -62,8 +66,8 @@ class Conv(nn.Module):
         if not hasattr(self, "bn"):
             return
         w, b = fold_bn(self.conv.weight, self.conv.bias, self.bn)
-        conv = self.conv
-        fused = nn.Conv2d(
+        conv: Any = self.conv
+        fused: Any = nn.Conv2d(
             conv.in_channels,
             conv.out_channels,
             conv.kernel_size,
@@ -116,8 +120,10 @@ class RepConv(nn.Module):
     @torch.no_grad()
     def fused_kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The equivalent 3x3 kernel [c2, c1, 3, 3] and bias [c2] of the three branches."""
-        w3, b3 = fold_bn(self.rbr_dense[0].weight, None, self.rbr_dense[1])
-        w1, b1 = fold_bn(self.rbr_1x1[0].weight, None, self.rbr_1x1[1])
+        dense: Any = self.rbr_dense
+        one: Any = self.rbr_1x1
+        w3, b3 = fold_bn(dense[0].weight, None, dense[1])
+        w1, b1 = fold_bn(one[0].weight, None, one[1])
         w, b = w3 + F.pad(w1, [1, 1, 1, 1]), b3 + b1
         if self.rbr_identity is not None:
             c = w.shape[1]
@@ -133,8 +139,8 @@ class RepConv(nn.Module):
         if hasattr(self, "rbr_reparam"):
             return
         w, b = self.fused_kernel()
-        dense = self.rbr_dense[0]
-        conv = nn.Conv2d(
+        dense: Any = self.rbr_dense[0]
+        conv: Any = nn.Conv2d(
             dense.in_channels, dense.out_channels, 3, dense.stride, 1, bias=True, device=w.device, dtype=w.dtype
         )
         conv.weight.copy_(w)

@@ -26,7 +26,8 @@ class Graph:
 
     def add(self, module: nn.Module, f: int | list[int], c_out: int) -> int:
         i = len(self.layers)
-        module.i, module.f = i, f
+        setattr(module, "i", i)  # noqa: B010 - plain attributes on an nn.Module
+        setattr(module, "f", f)  # noqa: B010
         self.layers.append(module)
         self.ch.append(c_out)
         return i

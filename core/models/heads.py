@@ -12,6 +12,7 @@ Buffers (official names): ``anchors`` (nl, na, 2) in grid units (pixels / stride
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,6 +22,11 @@ from core.models.blocks import ImplicitA, ImplicitM
 
 class Detect(nn.Module):
     """Plain YOLO head: one 1x1 conv per level (``m``). The deploy form of every variant."""
+
+    anchors: torch.Tensor
+    anchor_grid: torch.Tensor
+    stride: torch.Tensor
+    m: Any
 
     def __init__(self, nc: int, anchors_px: torch.Tensor, strides: list[int], ch: list[int]) -> None:
         super().__init__()
@@ -77,7 +83,7 @@ class Detect(nn.Module):
                     b[:, 5:] += torch.log(class_freq / class_freq.sum())
                 conv.bias.copy_(b.view(-1))
 
-    def _prediction_convs(self) -> list[nn.ModuleList]:
+    def _prediction_convs(self) -> list[Any]:
         return [self.m]
 
     def class_dependent_keys(self) -> list[str]:
@@ -87,6 +93,9 @@ class Detect(nn.Module):
 
 class IDetect(Detect):
     """Training head with YOLOR implicit knowledge per level: ``im * m(x + ia)``."""
+
+    ia: Any
+    im: Any
 
     def __init__(self, nc: int, anchors_px: torch.Tensor, strides: list[int], ch: list[int]) -> None:
         super().__init__(nc, anchors_px, strides, ch)
@@ -131,5 +140,5 @@ class IAuxDetect(IDetect):
         aux = [self._shape(conv(x)) for conv, x in zip(self.m2, xs[self.nl :])]
         return lead + aux
 
-    def _prediction_convs(self) -> list[nn.ModuleList]:
+    def _prediction_convs(self) -> list[Any]:
         return [self.m, self.m2]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Family = Literal["tiny", "p5", "p6"]
 DownKind = Literal["mp", "mpconv", "conv", "downc"]
@@ -276,19 +276,19 @@ def compound_scale(spec: ModelSpec, depth: float = 1.5, width: float = 1.25, nam
     )
 
 
-def spec_to_dict(spec: ModelSpec) -> dict:
+def spec_to_dict(spec: ModelSpec) -> dict[str, Any]:
     """Plain-data form of a spec (lists, ints, strings), e.g. to store in a checkpoint."""
     return dataclasses.asdict(spec)
 
 
-def spec_from_dict(d: dict) -> ModelSpec:
+def spec_from_dict(d: dict[str, Any]) -> ModelSpec:
     """Inverse of :func:`spec_to_dict`; validates the field names."""
     fields = {f.name for f in dataclasses.fields(ModelSpec)}
     unknown = set(d) - fields
     if unknown:
         raise ValueError(f"unknown model spec fields: {sorted(unknown)}")
     elan_fields = ("backbone", "neck_td", "neck_bu")
-    kw = {}
+    kw: dict[str, Any] = {}
     for k, v in d.items():
         if k in elan_fields:
             kw[k] = tuple(Elan(**e) for e in v)

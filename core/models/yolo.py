@@ -9,6 +9,8 @@ Forward contract
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -65,7 +67,8 @@ class Yolo(nn.Module):
         g.add(head, layout.lead_from + layout.aux_from, 0)
 
         self.model = nn.ModuleList(g.layers)
-        self.save = sorted({j for m in g.layers for j in ([m.f] if isinstance(m.f, int) else m.f) if j >= 0})
+        froms = [getattr(m, "f") for m in g.layers]  # noqa: B009
+        self.save = sorted({j for f in froms for j in ([f] if isinstance(f, int) else f) if j >= 0})
         self.lead_from = layout.lead_from
         self.aux_from = layout.aux_from
         self.backbone_end = layout.backbone_end
@@ -98,22 +101,25 @@ class Yolo(nn.Module):
         run_aux = self.aux and (self.training if aux is None else aux)
         saved: dict[int, torch.Tensor] = {}
         inp = x
+        last = self.model[-1]
         for m in self.model:
-            if m.i in self._aux_layers and not run_aux:
+            i: int = getattr(m, "i")  # noqa: B009 - layer attributes set by the builder
+            f: Any = getattr(m, "f")  # noqa: B009
+            if i in self._aux_layers and not run_aux:
                 continue
-            if m is self.model[-1]:
-                feats = [saved[j] for j in (m.f if run_aux else self.lead_from)]
+            if m is last:
+                feats = [saved[j] for j in (f if run_aux else self.lead_from)]
                 if isinstance(m, IAuxDetect) and not run_aux:
                     return IDetect.forward(m, feats)
                 return m(feats)
-            if isinstance(m.f, list):
-                x = m([inp if j == -1 else saved[j] for j in m.f])
-            elif m.f == -1:
+            if isinstance(f, list):
+                x = m([inp if j == -1 else saved[j] for j in f])
+            elif f == -1:
                 x = m(inp)
             else:
-                x = m(saved[m.f]) if m.f != m.i - 1 else m(x)
-            if m.i in self._save:
-                saved[m.i] = x
+                x = m(saved[f]) if f != i - 1 else m(x)
+            if i in self._save:
+                saved[i] = x
         raise RuntimeError("model has no head")  # pragma: no cover
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:

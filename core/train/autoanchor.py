@@ -28,8 +28,7 @@ def _fitness(anchors: np.ndarray, wh: np.ndarray, thr: float) -> float:
     return float((best * (best > thr)).mean())
 
 
-def evolve_anchors(wh: np.ndarray, n: int, anchor_t: float = 4.0, generations: int = 1000, seed: int = 0
-                   ) -> np.ndarray:
+def evolve_anchors(wh: np.ndarray, n: int, anchor_t: float = 4.0, generations: int = 1000, seed: int = 0) -> np.ndarray:
     """``[n, 2]`` anchors sorted by area: whitened k-means, then mutation (p 0.9, sigma 0.1) kept when fitter."""
     from scipy.cluster.vq import kmeans
 
@@ -65,8 +64,14 @@ def set_anchors(model, anchors_px: np.ndarray) -> None:  # type: ignore[no-untyp
     head.anchors.copy_(a / head.stride.view(-1, 1, 1))
 
 
-def check_and_evolve(model, dataset, img_size: int, anchor_t: float, split: str = "train", seed: int = 0  # type: ignore[no-untyped-def]
-                     ) -> str:
+def check_and_evolve(
+    model,
+    dataset,
+    img_size: int,
+    anchor_t: float,
+    split: str = "train",
+    seed: int = 0,  # type: ignore[no-untyped-def]
+) -> str:
     """Run the check (and evolution when needed); returns the message for the log."""
     wh = training_box_sizes(dataset, img_size, split)
     head = model.head
@@ -79,6 +84,5 @@ def check_and_evolve(model, dataset, img_size: int, anchor_t: float, split: str 
     new_bpr, _ = best_possible_recall(wh, new, anchor_t)
     if new_bpr > bpr:
         set_anchors(model, new)
-        return msg + f" -> evolved anchors with recall {new_bpr:.4f}: " + ", ".join(
-            f"{w:.0f}x{h:.0f}" for w, h in new)
+        return msg + f" -> evolved anchors with recall {new_bpr:.4f}: " + ", ".join(f"{w:.0f}x{h:.0f}" for w, h in new)
     return msg + f" (evolved anchors were not better: {new_bpr:.4f}; kept)"

@@ -40,8 +40,7 @@ class ModelEMA:
                 v.add_(msd[k].detach().float(), alpha=1 - d)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"state_dict": self.ema.state_dict(), "updates": self.updates, "decay": self.decay_max,
-                "tau": self.tau}
+        return {"state_dict": self.ema.state_dict(), "updates": self.updates, "decay": self.decay_max, "tau": self.tau}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.ema.load_state_dict(state["state_dict"])

@@ -62,8 +62,9 @@ class StatusHook(Hook):
         if now - self._last >= self.every_s:
             self._last = now
             t = self.trainer
-            self._write(f"epoch {t.epoch + 1}/{t.cfg.epochs}, step {t.step}/{t.steps_per_epoch}",
-                        images_per_s=t.images_per_s)
+            self._write(
+                f"epoch {t.epoch + 1}/{t.cfg.epochs}, step {t.step}/{t.steps_per_epoch}", images_per_s=t.images_per_s
+            )
 
     def after_epoch(self) -> None:
         t = self.trainer

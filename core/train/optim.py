@@ -27,8 +27,9 @@ def param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
             if id(p) in seen or not p.requires_grad:
                 continue
             seen.add(id(p))
-            if isinstance(module, (ImplicitA, ImplicitM)) or (isinstance(module, nn.modules.batchnorm._BatchNorm)
-                                                             and name == "weight"):
+            if isinstance(module, (ImplicitA, ImplicitM)) or (
+                isinstance(module, nn.modules.batchnorm._BatchNorm) and name == "weight"
+            ):
                 no_decay.append(p)
             elif name == "bias":
                 biases.append(p)
@@ -37,8 +38,9 @@ def param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
     return no_decay, decay, biases
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float
-                    ) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum (official), or Adam / AdamW with betas (momentum, 0.999)."""
     g0, g1, g2 = param_groups(model)
     if name == "sgd":
@@ -70,8 +72,17 @@ def warmup_iterations(warmup_epochs: float, batches_per_epoch: int, min_iters: i
     return int(min(nw, max(total_iters // 3, 1)))
 
 
-def apply_warmup(optimizer: torch.optim.Optimizer, ni: int, nw: int, lf_epoch: float, *, warmup_bias_lr: float,
-                 warmup_momentum: float, momentum: float, use_momentum: bool) -> None:
+def apply_warmup(
+    optimizer: torch.optim.Optimizer,
+    ni: int,
+    nw: int,
+    lf_epoch: float,
+    *,
+    warmup_bias_lr: float,
+    warmup_momentum: float,
+    momentum: float,
+    use_momentum: bool,
+) -> None:
     """Set each group's lr (and momentum) for iteration ``ni < nw``, as the official warmup does."""
     xi = [0, nw]
     for j, group in enumerate(optimizer.param_groups):

@@ -26,12 +26,26 @@ def losses_figure(rows: list[dict[str, Any]]) -> go.Figure:
     epochs = _col(rows, "epoch")
     colours = {"box": "#1f77b4", "obj": "#d62728", "cls": "#2ca02c"}
     for j, base in enumerate(("box", "obj", "cls")):
-        fig.add_scatter(x=epochs, y=_col(rows, base), name=f"lead {base}", mode="lines+markers", row=1, col=j + 1,
-                        line={"color": colours[base]})
+        fig.add_scatter(
+            x=epochs,
+            y=_col(rows, base),
+            name=f"lead {base}",
+            mode="lines+markers",
+            row=1,
+            col=j + 1,
+            line={"color": colours[base]},
+        )
         aux = _col(rows, f"aux_{base}")
         if any(v > 0 for v in aux if not math.isnan(v)):
-            fig.add_scatter(x=epochs, y=aux, name=f"aux {base} (x0.25 weight)", mode="lines+markers", row=1,
-                            col=j + 1, line={"color": colours[base], "dash": "dash"})
+            fig.add_scatter(
+                x=epochs,
+                y=aux,
+                name=f"aux {base} (x0.25 weight)",
+                mode="lines+markers",
+                row=1,
+                col=j + 1,
+                line={"color": colours[base], "dash": "dash"},
+            )
     fig.update_xaxes(title_text="epoch")
     fig.update_layout(title="training losses (lead head solid, auxiliary head dashed)", height=380, width=1100)
     return fig
@@ -41,11 +55,15 @@ def metrics_figure(rows: list[dict[str, Any]]) -> go.Figure:
     """mAP50, mAP50-95 (pycocotools), precision and recall per epoch."""
     fig = go.Figure()
     epochs = _col(rows, "epoch")
-    for key, colour in (("mAP50", "#1f77b4"), ("mAP50-95", "#ff7f0e"), ("precision", "#2ca02c"),
-                        ("recall", "#9467bd")):
+    for key, colour in (("mAP50", "#1f77b4"), ("mAP50-95", "#ff7f0e"), ("precision", "#2ca02c"), ("recall", "#9467bd")):
         fig.add_scatter(x=epochs, y=_col(rows, key), name=key, mode="lines+markers", line={"color": colour})
-    fig.update_layout(title="validation metrics per epoch (EMA model; mAP from pycocotools)",
-                      xaxis_title="epoch", yaxis={"range": [0, 1]}, height=420, width=800)
+    fig.update_layout(
+        title="validation metrics per epoch (EMA model; mAP from pycocotools)",
+        xaxis_title="epoch",
+        yaxis={"range": [0, 1]},
+        height=420,
+        width=800,
+    )
     return fig
 
 
@@ -58,11 +76,18 @@ def pr_figure(result: Any) -> go.Figure:
             continue
         order = np.argsort(curves.recall[c])
         ap50 = result.coco.per_class_ap50.get(name, float("nan"))
-        fig.add_scatter(x=curves.recall[c][order], y=curves.precision[c][order], mode="lines",
-                        name=f"{name} (AP50 {ap50:.3f})")
-    fig.update_layout(title=f"precision-recall at IoU 0.5 (mAP50 {result.coco.map50:.3f})", xaxis_title="recall",
-                      yaxis_title="precision", xaxis={"range": [0, 1]}, yaxis={"range": [0, 1.02]},
-                      height=500, width=650)
+        fig.add_scatter(
+            x=curves.recall[c][order], y=curves.precision[c][order], mode="lines", name=f"{name} (AP50 {ap50:.3f})"
+        )
+    fig.update_layout(
+        title=f"precision-recall at IoU 0.5 (mAP50 {result.coco.map50:.3f})",
+        xaxis_title="recall",
+        yaxis_title="precision",
+        xaxis={"range": [0, 1]},
+        yaxis={"range": [0, 1.02]},
+        height=500,
+        width=650,
+    )
     return fig
 
 
@@ -72,11 +97,25 @@ def confusion_figure(result: Any) -> go.Figure:
     labels = [*result.class_names, "background"]
     norm = m / np.maximum(m.sum(1, keepdims=True), 1)
     text = [[f"{int(v)}" for v in row] for row in m]
-    fig = go.Figure(go.Heatmap(z=norm, x=[f"pred {n}" for n in labels], y=[f"true {n}" for n in labels],
-                               text=text, texttemplate="%{text}", colorscale="Blues", zmin=0, zmax=1,
-                               colorbar={"title": "share of row"}))
-    fig.update_layout(title="confusion matrix (counts; colour = share of the true class; conf 0.25, IoU 0.45)",
-                      yaxis={"autorange": "reversed"}, height=520, width=640)
+    fig = go.Figure(
+        go.Heatmap(
+            z=norm,
+            x=[f"pred {n}" for n in labels],
+            y=[f"true {n}" for n in labels],
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            zmin=0,
+            zmax=1,
+            colorbar={"title": "share of row"},
+        )
+    )
+    fig.update_layout(
+        title="confusion matrix (counts; colour = share of the true class; conf 0.25, IoU 0.45)",
+        yaxis={"autorange": "reversed"},
+        height=520,
+        width=640,
+    )
     return fig
 
 

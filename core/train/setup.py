@@ -67,10 +67,14 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict[str, Any]:
     """Python, numpy and torch RNG states as plain data (checkpoints are loaded with ``weights_only``)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    state: Any = np.random.get_state()
+    kind, keys, pos, has_gauss, cached = state
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -93,8 +97,10 @@ def prepare_dataset(cfg: TrainConfig, log: Any) -> tuple[Any, dict[str, Any]]:
     report = check_dataset(dataset, decode=True)
     ds = report.dataset
     if not ds.images:
-        raise ValueError(f"{cfg.data}: no usable images ({len(report.issues)} problems; run "
-                         f"`yolov7-studio data check {cfg.data}` for the list)")
+        raise ValueError(
+            f"{cfg.data}: no usable images ({len(report.issues)} problems; run "
+            f"`yolov7-studio data check {cfg.data}` for the list)"
+        )
     train = ds.split(cfg.train_split)
     if not train:
         raise ValueError(f"{cfg.data}: no images in the '{cfg.train_split}' split (splits: {ds.split_counts()})")
@@ -105,13 +111,23 @@ def prepare_dataset(cfg: TrainConfig, log: Any) -> tuple[Any, dict[str, Any]]:
     if missing:
         log(f"warning: classes without any training box (their AP stays 0): {', '.join(missing)}")
     if report.defective_boxes or report.left_out_images:
-        log(f"data check: {report.left_out_images} images left out, {report.left_out_boxes} boxes dropped, "
-            f"{report.clipped_boxes} clipped (details: `yolov7-studio data check {cfg.data}`)")
-    summary = {"path": str(cfg.data), "format": ds.format, "classes": list(ds.class_names),
-               "splits": ds.split_counts(), "boxes": ds.num_boxes, "split_source": ds.split_info.describe(),
-               "issues": report.counts_by_kind()}
-    log(f"data: {ds.format} dataset, {len(ds.images)} images {ds.split_counts()}, {ds.num_boxes} boxes, "
-        f"{ds.num_classes} classes")
+        log(
+            f"data check: {report.left_out_images} images left out, {report.left_out_boxes} boxes dropped, "
+            f"{report.clipped_boxes} clipped (details: `yolov7-studio data check {cfg.data}`)"
+        )
+    summary = {
+        "path": str(cfg.data),
+        "format": ds.format,
+        "classes": list(ds.class_names),
+        "splits": ds.split_counts(),
+        "boxes": ds.num_boxes,
+        "split_source": ds.split_info.describe(),
+        "issues": report.counts_by_kind(),
+    }
+    log(
+        f"data: {ds.format} dataset, {len(ds.images)} images {ds.split_counts()}, {ds.num_boxes} boxes, "
+        f"{ds.num_classes} classes"
+    )
     return ds, summary
 
 
@@ -141,8 +157,16 @@ def train_loader(cfg: TrainConfig, dataset: Any, hyp: Any, rank: int, world: int
 
     if cfg.batch % world:
         raise ValueError(f"--batch {cfg.batch} (the total batch) must be divisible by the {world} processes")
-    loader = create_train_loader(dataset, cfg.img, cfg.batch // world, hyp, cfg.workers, cfg.seed,
-                                 split=cfg.train_split, cache_images=cfg.cache_images)
+    loader = create_train_loader(
+        dataset,
+        cfg.img,
+        cfg.batch // world,
+        hyp,
+        cfg.workers,
+        cfg.seed,
+        split=cfg.train_split,
+        cache_images=cfg.cache_images,
+    )
     if world > 1:
         loader.sampler.num_replicas, loader.sampler.rank = world, rank
     return loader
@@ -244,15 +268,20 @@ def progress(loader: Any, total: int, desc: str, enabled: bool, start: int = 0) 
         return loader
     from tqdm import tqdm
 
-    return tqdm(loader, total=total, desc=desc, initial=0, dynamic_ncols=True, leave=True,
-                bar_format="{l_bar}{bar:20}{r_bar}")
+    return tqdm(
+        loader, total=total, desc=desc, initial=0, dynamic_ncols=True, leave=True, bar_format="{l_bar}{bar:20}{r_bar}"
+    )
 
 
 def update_progress(pbar: Any, losses: dict[str, float], size: int) -> None:
     if hasattr(pbar, "set_postfix_str"):
         aux = losses["aux_box"] + losses["aux_obj"] + losses["aux_cls"]
-        pbar.set_postfix_str(f"box {losses['box']:.4f} obj {losses['obj']:.4f} cls {losses['cls']:.4f}"
-                             + (f" aux {aux:.4f}" if aux else "") + f" img {size}", refresh=False)
+        pbar.set_postfix_str(
+            f"box {losses['box']:.4f} obj {losses['obj']:.4f} cls {losses['cls']:.4f}"
+            + (f" aux {aux:.4f}" if aux else "")
+            + f" img {size}",
+            refresh=False,
+        )
 
 
 def close_progress(pbar: Any) -> None:
@@ -260,14 +289,23 @@ def close_progress(pbar: Any) -> None:
         pbar.close()
 
 
-def evaluate_model(model: Any, dataset: Any, cfg: TrainConfig, device: torch.device,
-                   save_json: str | Path | None = None) -> Any:
+def evaluate_model(
+    model: Any, dataset: Any, cfg: TrainConfig, device: torch.device, save_json: str | Path | None = None
+) -> Any:
     from core.eval import evaluate
     from core.nms import NmsConfig
 
-    return evaluate(model, dataset, val_split(cfg, dataset), img_size=cfg.img, batch_size=max(cfg.batch, 8),
-                    workers=min(cfg.workers, 2), nms=NmsConfig(conf=cfg.eval_conf, iou=cfg.eval_iou, multi_label=True),
-                    device=device, save_json=save_json)
+    return evaluate(
+        model,
+        dataset,
+        val_split(cfg, dataset),
+        img_size=cfg.img,
+        batch_size=max(cfg.batch, 8),
+        workers=min(cfg.workers, 2),
+        nms=NmsConfig(conf=cfg.eval_conf, iou=cfg.eval_iou, multi_label=True),
+        device=device,
+        save_json=save_json,
+    )
 
 
 # -- image weights -------------------------------------------------------------------------------------------------

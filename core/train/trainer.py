@@ -21,8 +21,8 @@ from core.train import setup as S
 from core.train.config import TrainConfig
 from core.train.ema import ModelEMA
 from core.train.hooks import Hook, StatusHook
-from core.train.plots import PlotHook
 from core.train.optim import accumulation, apply_warmup, build_optimizer, lr_lambda, warmup_iterations
+from core.train.plots import PlotHook
 from core.train.rundir import RunDir
 
 LOSS_COLUMNS = ("box", "obj", "cls", "aux_box", "aux_obj", "aux_cls", "total")
@@ -40,8 +40,9 @@ def fitness(metrics: dict[str, float]) -> float:
 class Trainer:
     """One training run (see the module docstring). ``hooks`` observe it; ``log`` receives text lines."""
 
-    def __init__(self, cfg: TrainConfig, *, hooks: list[Hook] | None = None, resume: str | Path | None = None,
-                 log: Any = print) -> None:
+    def __init__(
+        self, cfg: TrainConfig, *, hooks: list[Hook] | None = None, resume: str | Path | None = None, log: Any = print
+    ) -> None:
         self.cfg = cfg
         self.resume_from = Path(resume) if resume else None
         self.hooks = [StatusHook(), PlotHook(), *(hooks or [])]
@@ -79,8 +80,10 @@ class Trainer:
         cfg = self.cfg
         self.run = RunDir(cfg.out)
         if self.is_main and self.resume_from is None and (self.run.last.exists() or self.run.results.exists()):
-            raise ValueError(f"{cfg.out} already holds a run (weights/last.pt or results.csv): resume it with "
-                             "--resume, or choose another --out")
+            raise ValueError(
+                f"{cfg.out} already holds a run (weights/last.pt or results.csv): resume it with "
+                "--resume, or choose another --out"
+            )
         if self.is_main:
             self.run.create()
             self.run.clear_stop()
@@ -117,22 +120,35 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.ema = ModelEMA(self.model) if cfg.ema and self.is_main else None
         total_iters = self.steps_per_epoch * cfg.epochs
-        self.warmup_iters = warmup_iterations(self.hyp.warmup_epochs, self.steps_per_epoch, cfg.warmup_min_iters,
-                                              total_iters)
+        self.warmup_iters = warmup_iterations(
+            self.hyp.warmup_epochs, self.steps_per_epoch, cfg.warmup_min_iters, total_iters
+        )
         if ckpt is not None:
             self._restore(ckpt)
         if cfg.sync_bn and self.world > 1 and self.device.type != "cuda":
             self.log("note: --sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel): plain BN per process")
         self.net: nn.Module = S.wrap_distributed(self.model, self.device, cfg.sync_bn, self.world)
-        extra = {"hyp": self.hyp.to_dict(), "model": {"name": self.model.spec.name, "aux": self.model.aux,
-                                                        "num_classes": self.nc, "class_names": self.model.names},
-                 "data": self.data_report, "device": str(self.device), "world_size": self.world,
-                 "accumulate": self.accumulate, "warmup_iterations": self.warmup_iters}
+        extra = {
+            "hyp": self.hyp.to_dict(),
+            "model": {
+                "name": self.model.spec.name,
+                "aux": self.model.aux,
+                "num_classes": self.nc,
+                "class_names": self.model.names,
+            },
+            "data": self.data_report,
+            "device": str(self.device),
+            "world_size": self.world,
+            "accumulate": self.accumulate,
+            "warmup_iterations": self.warmup_iters,
+        }
         if self.is_main:
             cfg.write(self.run.config, extra)
-        self.log(f"{self.model.spec.name}: {sum(p.numel() for p in self.model.parameters()):,} params, "
-                 f"{self.nc} classes, aux head {'on' if self.model.aux else 'off'}, device {self.device}, "
-                 f"{self.steps_per_epoch} batches/epoch, accumulate {self.accumulate}, warmup {self.warmup_iters} it")
+        self.log(
+            f"{self.model.spec.name}: {sum(p.numel() for p in self.model.parameters()):,} params, "
+            f"{self.nc} classes, aux head {'on' if self.model.aux else 'off'}, device {self.device}, "
+            f"{self.steps_per_epoch} batches/epoch, accumulate {self.accumulate}, warmup {self.warmup_iters} it"
+        )
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def _train_state(self) -> dict[str, Any]:
@@ -149,8 +165,13 @@ class Trainer:
     def save(self, path: Path) -> None:
         from core.checkpoint.io import save_checkpoint
 
-        save_checkpoint(path, self.model, ema=self.ema.ema if self.ema else None,
-                        optimizer=self.optimizer.state_dict(), train=self._train_state())
+        save_checkpoint(
+            path,
+            self.model,
+            ema=self.ema.ema if self.ema else None,
+            optimizer=self.optimizer.state_dict(),
+            train=self._train_state(),
+        )
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         st = ckpt["train"]
@@ -211,22 +232,23 @@ class Trainer:
     def _train_epoch(self) -> None:
         cfg, model = self.cfg, self.net
         model.train()
-        S.set_mosaic(self.train_loader, self.hyp, enabled=not (cfg.close_mosaic and
-                                                              self.epoch >= cfg.epochs - cfg.close_mosaic))
+        S.set_mosaic(
+            self.train_loader, self.hyp, enabled=not (cfg.close_mosaic and self.epoch >= cfg.epochs - cfg.close_mosaic)
+        )
         self.train_loader.set_epoch(self.epoch)
         if cfg.image_weights:
             maps = np.array([self.metrics.get(f"AP50-95/{n}", 0.0) for n in self.model.names], dtype=np.float64)
             maps = np.nan_to_num(maps) if self.metrics else np.zeros(self.nc)
-            self.train_loader.sampler.weights = S.image_weights(self.dataset, cfg.train_split, self.class_weights,
-                                                                maps)
+            self.train_loader.sampler.weights = S.image_weights(self.dataset, cfg.train_split, self.class_weights, maps)
         start = self.step
         if start == 0:
             self._loss_sums.zero_()
             self._loss_count = 0
         self._call("before_epoch")
         nb = self.steps_per_epoch
-        pbar = S.progress(self.train_loader, nb, f"epoch {self.epoch + 1}/{cfg.epochs}",
-                          cfg.progress and self.is_main, start)
+        pbar = S.progress(
+            self.train_loader, nb, f"epoch {self.epoch + 1}/{cfg.epochs}", cfg.progress and self.is_main, start
+        )
         t_epoch, seen = time.perf_counter(), 0
         for i, batch in enumerate(pbar):
             if i < start:
@@ -235,9 +257,16 @@ class Trainer:
             imgs = batch.images.to(self.device, non_blocking=True).float() / 255
             if ni <= self.warmup_iters:
                 self.accumulate = accumulation(ni, self.warmup_iters, cfg.nbs, cfg.batch)
-                apply_warmup(self.optimizer, ni, self.warmup_iters, self.lf(self.epoch),
-                             warmup_bias_lr=self.hyp.warmup_bias_lr, warmup_momentum=self.hyp.warmup_momentum,
-                             momentum=self.hyp.momentum, use_momentum=True)
+                apply_warmup(
+                    self.optimizer,
+                    ni,
+                    self.warmup_iters,
+                    self.lf(self.epoch),
+                    warmup_bias_lr=self.hyp.warmup_bias_lr,
+                    warmup_momentum=self.hyp.warmup_momentum,
+                    momentum=self.hyp.momentum,
+                    use_momentum=True,
+                )
             if cfg.multi_scale:
                 imgs = S.multi_scale(imgs, cfg, self.epoch, i, int(max(self.model.head.strides)))
             with S.autocast(self.device, self.use_amp, cfg.bf16):
@@ -246,8 +275,10 @@ class Trainer:
             if self.world > 1:
                 loss = loss * self.world
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {float(loss)} at epoch {self.epoch + 1}, step {i}: "
-                                         "lower the learning rate or check the labels")
+                raise FloatingPointError(
+                    f"loss is {float(loss)} at epoch {self.epoch + 1}, step {i}: "
+                    "lower the learning rate or check the labels"
+                )
             self.scaler.scale(loss).backward()
             optimizer_step = ni % self.accumulate == 0
             if optimizer_step:
@@ -305,10 +336,12 @@ class Trainer:
         else:
             self.bad_epochs += 1
         self.epoch, self.step = epoch + 1, 0
-        self.log(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
-            f"{k} {row[k]:.4f}" for k in ("box", "obj", "cls", "aux_box", "aux_obj", "aux_cls") if k in row)
+        self.log(
+            f"epoch {epoch + 1}/{cfg.epochs}: "
+            + ", ".join(f"{k} {row[k]:.4f}" for k in ("box", "obj", "cls", "aux_box", "aux_obj", "aux_cls") if k in row)
             + f"; labels lost to augmentation {100 * counts.lost_share:.1f}%"
-            + (f"; mAP50 {row['mAP50']:.3f} mAP50-95 {row['mAP50-95']:.3f}" if "mAP50" in row else ""))
+            + (f"; mAP50 {row['mAP50']:.3f} mAP50-95 {row['mAP50-95']:.3f}" if "mAP50" in row else "")
+        )
         if self.is_main:
             self.run.append_result(row)
             self.save(self.run.last)
@@ -331,13 +364,26 @@ class Trainer:
             return
         best = load_model(self.run.best).model
         split = S.val_split(self.cfg, self.dataset)
-        result = S.evaluate_model(best, self.dataset, self.cfg, self.device,
-                                  save_json=self.run.root / f"predictions_{split}.json")
+        result = S.evaluate_model(
+            best, self.dataset, self.cfg, self.device, save_json=self.run.root / f"predictions_{split}.json"
+        )
         self.last_eval = result
-        (self.run.root / "metrics.json").write_text(json.dumps(
-            {"split": split, "weights": str(self.run.best), "coco": result.coco.stats, "precision": result.precision,
-             "recall": result.recall, "per_class_ap50": result.coco.per_class_ap50,
-             "per_class_ap": result.coco.per_class_ap, "speed_ms_per_image": result.speed_ms}, indent=1, default=str))
+        (self.run.root / "metrics.json").write_text(
+            json.dumps(
+                {
+                    "split": split,
+                    "weights": str(self.run.best),
+                    "coco": result.coco.stats,
+                    "precision": result.precision,
+                    "recall": result.recall,
+                    "per_class_ap50": result.coco.per_class_ap50,
+                    "per_class_ap": result.coco.per_class_ap,
+                    "speed_ms_per_image": result.speed_ms,
+                },
+                indent=1,
+                default=str,
+            )
+        )
         self.log(f"best.pt on '{split}':\n{result.coco.summary}{result.summary()}")
 
     # -- helpers ---------------------------------------------------------------------------------------------------
