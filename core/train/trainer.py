@@ -103,6 +103,8 @@ class Trainer:
             self.log(msg)
         S.freeze_layers(self.model, cfg.freeze, self.log)
         self.model.to(self.device)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.nc = self.model.nc
         self.loss_fn = S.build_loss(self.model, self.hyp, cfg.img, cfg.label_smoothing)
         self.train_loader = S.train_loader(cfg, self.dataset, self.hyp, self.rank, self.world)
@@ -255,6 +257,8 @@ class Trainer:
                 continue  # resuming mid-epoch: the skipped batches were already trained on
             ni = i + nb * self.epoch
             imgs = batch.images.to(self.device, non_blocking=True).float() / 255
+            if cfg.channels_last:
+                imgs = imgs.contiguous(memory_format=torch.channels_last)
             if ni <= self.warmup_iters:
                 self.accumulate = accumulation(ni, self.warmup_iters, cfg.nbs, cfg.batch)
                 apply_warmup(
