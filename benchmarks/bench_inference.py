@@ -16,10 +16,12 @@ network forward (decode included, NMS excluded) of:
 * ``bf16+jit``     the same, traced and frozen
 * ``onnxruntime``  the exported deploy form (:func:`core.export.export_onnx`), all graph optimizations
 
-Each latency is the min (and median) of ``--repeats`` rounds after warm-up; a round runs every path once, so
-that a busy neighbour slows all paths alike (the machine this was written on is shared). Beside it: the physical
-limit, i.e. the model's FLOPs (2 x (MACs + bias), the paper's convention) divided by this machine's measured
-peak matrix throughput (fp32 or bf16 matmul GFLOP/s with the same threads), and latency / limit. NMS is timed separately
+Each latency is the min (and median) of ``--repeats`` timed runs after warm-up, interleaved in rounds (each
+round runs every path once untimed, then twice timed), so that a busy neighbour slows all paths alike (the
+machine this was written on is shared) while each path runs with warm caches, as in a detection loop.
+Beside it: the physical limit, i.e. the model's FLOPs (2 x (MACs + bias), the paper's convention) divided by
+this machine's measured peak matrix throughput (fp32 or bf16 matmul GFLOP/s with the same threads), and
+latency / limit. NMS is timed separately
 (official semantics, detect.py and test.py settings). The bf16 accuracy change is measured against fp32 on the
 same input: max box / probability difference and whether NMS keeps exactly the same detections.
 
@@ -67,18 +69,23 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 3) -> dict[str, 
     return {"median_ms": statistics.median(times), "min_ms": min(times)}
 
 
-def timed_rounds(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, dict[str, float]]:
-    """Like :func:`timed` for several paths, interleaved: round r runs every path once. On a shared machine the
-    load then falls on all paths alike, and the min over rounds estimates the uncontended latency."""
+def timed_rounds(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3, per_round: int = 2
+) -> dict[str, dict[str, float]]:
+    """Like :func:`timed` for several paths, interleaved: each round runs every path once untimed (so that its
+    weights are back in cache, as in a detection loop) and then ``per_round`` times timed. On a shared machine
+    the load then falls on all paths alike; the min over rounds estimates the uncontended latency."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
+    for _ in range(max(1, repeats // per_round)):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
             fn()
-            times[k].append(1000 * (time.perf_counter() - t0))
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(1000 * (time.perf_counter() - t0))
     return {k: {"median_ms": statistics.median(v), "min_ms": min(v)} for k, v in times.items()}
 
 
@@ -109,40 +116,47 @@ def bf16_supported() -> bool:
 def nms_agreement(a: torch.Tensor, b: torch.Tensor, cfg: NmsConfig) -> dict[str, object]:
     """How the detections of ``b`` (e.g. bf16) differ from those of ``a`` (fp32) after NMS.
 
-    ``identical``: same rows and classes in the same order. ``matched``: fraction of ``a``'s detections with a
-    same-class detection in ``b`` at IoU >= 0.9 (greedy by score); box and score differences over those pairs.
+    ``same``: fraction of ``a``'s detections with a partner in ``b`` of the same class and boxes within 1e-2 px
+    (the fp32 re-parameterization criterion); ``iou0.9``: same class at IoU >= 0.9 (greedy by score), with the box
+    and score differences over those pairs.
     """
     da, db = apply_nms(a, cfg)[0], apply_nms(b, cfg)[0]
-    identical = da.shape == db.shape and bool(torch.equal(da[:, 5], db[:, 5]))
-    out: dict[str, object] = {"fp32": int(len(da)), "bf16": int(len(db)), "identical": identical}
-    if len(da) and len(db):
-        iou = box_iou(da[:, :4], db[:, :4])
-        iou[da[:, 5:6] != db[:, 5].unsqueeze(0)] = 0.0
-        pairs, taken = [], set()
-        for i in range(len(da)):
-            for j in iou[i].argsort(descending=True).tolist():
-                if iou[i, j] < 0.9:
-                    break
-                if j not in taken:
-                    taken.add(j)
-                    pairs.append((i, j))
-                    break
-        out["matched_iou0.9"] = len(pairs) / len(da)
-        if pairs:
-            ia, ib = (torch.tensor(v) for v in zip(*pairs))
-            box = (da[ia, :4] - db[ib, :4]).abs()
-            out["matched_median_box_px"] = float(box.median())
-            out["matched_max_box_px"] = float(box.max())
-            out["matched_max_score"] = float((da[ia, 4] - db[ib, 4]).abs().max())
+    out: dict[str, object] = {"fp32": int(len(da)), "bf16": int(len(db))}
+    if not (len(da) and len(db)):
+        return out
+    same_cls = da[:, 5:6] == db[:, 5].unsqueeze(0)
+    near = same_cls & ((da[:, None, :4] - db[None, :, :4]).abs().amax(-1) <= 1e-2)
+    out["same"] = float(near.any(1).float().mean())
+    iou = box_iou(da[:, :4], db[:, :4])
+    iou[~same_cls] = 0.0
+    pairs, taken = [], set()
+    for i in range(len(da)):
+        for j in iou[i].argsort(descending=True).tolist():
+            if iou[i, j] < 0.9:
+                break
+            if j not in taken:
+                taken.add(j)
+                pairs.append((i, j))
+                break
+    out["iou0.9"] = len(pairs) / len(da)
+    # untrained weights have nearly equal class probabilities, so bf16 noise can flip the best class
+    out["iou0.9_any_class"] = float((box_iou(da[:, :4], db[:, :4]).amax(1) >= 0.9).float().mean())
+    if pairs:
+        ia, ib = (torch.tensor(v) for v in zip(*pairs))
+        box = (da[ia, :4] - db[ib, :4]).abs()
+        out["median_box_px"] = float(box.median())
+        out["max_box_px"] = float(box.max())
+        out["max_score"] = float((da[ia, 4] - db[ib, 4]).abs().max())
     return out
 
 
 def fmt_agreement(a: dict[str, object]) -> str:
-    text = f"{a['fp32']} vs {a['bf16']} detections, {'identical' if a['identical'] else 'not identical'}"
-    if "matched_iou0.9" in a:
-        med, worst = a.get("matched_median_box_px", float("nan")), a.get("matched_max_box_px", float("nan"))
-        text += f", {100 * float(a['matched_iou0.9']):.0f}% matched at IoU>=0.9 (box diff median {med:.2g} px"
-        text += f", max {worst:.2g} px)"
+    text = f"{a['fp32']} vs {a['bf16']} detections"
+    if "iou0.9" in a:
+        text += f", {100 * float(a['same']):.0f}% the same (1e-2 px), {100 * float(a['iou0.9']):.0f}% at IoU>=0.9"
+        text += f" ({100 * float(a['iou0.9_any_class']):.0f}% of any class)"
+        text += f" (box diff median {a.get('median_box_px', float('nan')):.2g} px"
+        text += f", max {a.get('max_box_px', float('nan')):.2g} px)"
     return text
 
 
@@ -153,6 +167,16 @@ def sparse_objectness(pred: torch.Tensor, k: int) -> torch.Tensor:
     keep[pred[0, :, 4].topk(min(k, pred.shape[1])).indices] = True
     out[0, ~keep, 4] = 0.0
     return out
+
+
+def sparse_pair(ref: torch.Tensor, other: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both predictions with the objectness of all but ``ref``'s ``k`` most confident boxes set to 0."""
+    drop = torch.ones(ref.shape[1], dtype=torch.bool)
+    drop[ref[0, :, 4].topk(min(k, ref.shape[1])).indices] = False
+    a, b = ref.clone(), other.clone()
+    a[0, drop, 4] = 0.0
+    b[0, drop, 4] = 0.0
+    return a, b
 
 
 def nms_candidates(pred: torch.Tensor, cfg: NmsConfig) -> int:
@@ -261,6 +285,8 @@ def bench_model(name: str, size: int, args: argparse.Namespace, peaks: dict[str,
                 "max_prob": float((ref[..., 4:] - low[..., 4:]).abs().max()),
                 "nms_detect": nms_agreement(ref, low, NmsConfig()),
                 "nms_eval": nms_agreement(ref, low, NmsConfig(conf=0.001, iou=0.65, multi_label=True)),
+                # like a trained detector: only the 100 most confident boxes (of fp32) keep their objectness
+                "nms_detect_top100": nms_agreement(*sparse_pair(ref, low, 100), NmsConfig()),
             }
     check = conversion.check
     return {
@@ -298,6 +324,7 @@ def conformance_bf16(args: argparse.Namespace) -> dict[str, object] | None:
         "max_prob": float((ref[..., 4:] - low[..., 4:]).abs().max()),
         "nms_detect": nms_agreement(ref, low, NmsConfig()),
         "nms_eval": nms_agreement(ref, low, NmsConfig(conf=0.001, iou=0.65, multi_label=True)),
+        "nms_detect_top100": nms_agreement(*sparse_pair(ref, low, 100), NmsConfig()),
     }
 
 
@@ -337,7 +364,8 @@ def main() -> int:
                 print(
                     f"  {name:12s} {size:4d} bf16 vs fp32: max box diff {acc['max_box_px']:.3g} px, max prob diff "
                     f"{acc['max_prob']:.3g}; NMS detect: {fmt_agreement(acc['nms_detect'])}; "
-                    f"NMS eval: {fmt_agreement(acc['nms_eval'])}"
+                    f"NMS eval: {fmt_agreement(acc['nms_eval'])}; NMS detect on the top-100 boxes: "
+                    f"{fmt_agreement(acc['nms_detect_top100'])}"
                 )
     again = measure_peaks()  # a busy neighbour during the first measurement would understate the limit
     if any(again[k] > peaks[k] * 1.05 for k in peaks):
@@ -350,7 +378,8 @@ def main() -> int:
         print(
             f"bf16 vs fp32 on {conf['input']}: max box diff {conf['max_box_px']:.3g} px, max prob diff "
             f"{conf['max_prob']:.3g}; NMS detect: {fmt_agreement(conf['nms_detect'])}; "
-            f"NMS eval: {fmt_agreement(conf['nms_eval'])}"
+            f"NMS eval: {fmt_agreement(conf['nms_eval'])}; NMS detect on the top-100 boxes: "
+            f"{fmt_agreement(conf['nms_detect_top100'])}"
         )
     print()
     print(format_table(results))
