@@ -106,7 +106,8 @@ def bench_bccd(args: argparse.Namespace) -> None:
         data=args.data or str(BCCD), model="yolov7-tiny", out=str(out), epochs=args.epochs, img=args.img,
         batch=args.batch, workers=args.workers, hyp=args.hyp, hyp_overrides=_overrides(args.set), nbs=args.nbs,
         warmup_min_iters=args.warmup_min_iters, close_mosaic=args.close_mosaic, bf16=args.bf16,
-        eval_interval=args.eval_interval, progress=False, plots="all", seed=args.seed,
+        eval_interval=args.eval_interval, progress=False, plots="all", seed=args.seed, optimizer=args.optimizer,
+        eval_iou=args.eval_iou, lr_schedule=args.lr_schedule,
     )  # fmt: skip
     t0 = time.time()
     trainer = Trainer(cfg)
@@ -172,6 +173,9 @@ def main() -> None:
     b.add_argument("--close-mosaic", type=int, default=0)
     b.add_argument("--eval-interval", type=int, default=5)
     b.add_argument("--bf16", action="store_true")
+    b.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw"))
+    b.add_argument("--lr-schedule", default="cosine", choices=("cosine", "linear"))
+    b.add_argument("--eval-iou", type=float, default=0.65)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     b.set_defaults(func=bench_bccd)
