@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -51,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from torchvision.ops import box_iou  # noqa: E402
 
+from core.device import cpu_description, cpu_has_native_bf16  # noqa: E402
 from core.inference import convert_for_deploy, probe_image, well_conditioned_  # noqa: E402
 from core.models import build_model  # noqa: E402
 from core.models.profile import count_gflops  # noqa: E402
@@ -104,13 +104,8 @@ def peak_gflops(dtype: torch.dtype, n: int = 3072, repeats: int = 6) -> float:
 
 def measure_peaks() -> dict[str, float]:
     peaks = {"fp32": peak_gflops(torch.float32)}
-    peaks["bf16"] = peak_gflops(torch.bfloat16) if bf16_supported() else peaks["fp32"]
+    peaks["bf16"] = peak_gflops(torch.bfloat16) if cpu_has_native_bf16() else peaks["fp32"]
     return peaks
-
-
-def bf16_supported() -> bool:
-    fn = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(fn()) if fn is not None else False
 
 
 def nms_agreement(a: torch.Tensor, b: torch.Tensor, cfg: NmsConfig) -> dict[str, object]:
@@ -212,7 +207,7 @@ def bench_model(name: str, size: int, args: argparse.Namespace, peaks: dict[str,
         warnings.simplefilter("ignore")
         jit_fp32 = torch.jit.freeze(torch.jit.trace(deploy_cl, x_cl, check_trace=False))
     paths["deploy+jit"] = (lambda: jit_fp32(x_cl), gflops_deploy, "fp32")
-    use_bf16 = bf16_supported() and not args.no_bf16
+    use_bf16 = cpu_has_native_bf16() and not args.no_bf16
     if use_bf16:
         paths["bf16"] = (lambda: decoded(deploy_cl, x_cl, bf16=True), gflops_deploy, "bf16")
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
@@ -300,7 +295,7 @@ def bench_model(name: str, size: int, args: argparse.Namespace, peaks: dict[str,
 def conformance_bf16(args: argparse.Namespace) -> dict[str, object] | None:
     """bf16 vs fp32 on the conformance file's yolov7-tiny weights and real (horses) input, when present."""
     path = Path(__file__).resolve().parents[2] / "shared" / "yolov7" / "conformance" / "tiny_forward_kaiming.npz"
-    if not path.is_file() or args.no_bf16 or not bf16_supported():
+    if not path.is_file() or args.no_bf16 or not cpu_has_native_bf16():
         return None
     import numpy as np
 
@@ -340,10 +335,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     peaks = measure_peaks()
-    print(
-        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads, "
-        f"bf16 supported: {bf16_supported()}"
-    )
+    print(f"{cpu_description()}; {args.threads} threads")
     print(f"peak matmul: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s (3072x3072, best of 6)")
     results = []
     for name in args.models:

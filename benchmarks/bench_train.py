@@ -46,11 +46,15 @@ def bench_iteration(args: argparse.Namespace) -> None:
     ds = check_dataset(load_dataset(data), decode=False).dataset
     hyp = get_hyp("tiny")
     loader = create_train_loader(ds, args.img, args.batch, hyp, workers=args.workers, seed=0)
+    from core.device import cpu_description, cpu_has_native_bf16
+
+    print(cpu_description())
     print(
         f"data {data}: {len(ds.split('train'))} train images; yolov7-tiny, img {args.img}, batch {args.batch}, "
         f"{args.workers} workers, {torch.get_num_threads()} threads"
     )
-    for mode in ("fp32", "bf16"):
+    modes = args.modes.split(",") if args.modes else ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
+    for mode in modes:
         torch.manual_seed(0)
         model = build_model("yolov7-tiny", ds.num_classes, class_names=list(ds.class_names)).train()
         model = model.to(memory_format=torch.channels_last) if args.channels_last else model
@@ -123,6 +127,8 @@ def bench_bccd(args: argparse.Namespace) -> None:
         torch.device("cpu"),
         save_json=out / "predictions_test.json",
     )
+    from core.device import cpu_description
+
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     result = {
@@ -136,9 +142,11 @@ def bench_bccd(args: argparse.Namespace) -> None:
         "peak_rss_mb": peak_mb,
         "peak_rss_worker_mb": children_mb,
         "config": cfg.to_dict(),
+        "machine": cpu_description(),
     }
     (out / "bench_result.json").write_text(json.dumps(result, indent=1, default=str))
     print(test.summary())
+    print(cpu_description())
     print(
         f"BCCD yolov7-tiny {cfg.epochs} epochs img {cfg.img} batch {cfg.batch}: test mAP50 {test.coco.map50:.3f} "
         f"mAP50-95 {test.coco.map:.3f}; wall {wall / 60:.1f} min (incl. per-epoch eval); "
@@ -158,6 +166,7 @@ def main() -> None:
     it.add_argument("--workers", type=int, default=2)
     it.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     it.add_argument("--channels-last", action="store_true")
+    it.add_argument("--modes", default=None, help="fp32,bf16 (default: bf16 only where the CPU has native bf16)")
     it.set_defaults(func=bench_iteration)
     b = sub.add_parser("bccd")
     b.add_argument("--data", default=None)

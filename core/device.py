@@ -37,3 +37,39 @@ def select_device(spec: str | int | torch.device | None = "auto") -> torch.devic
     if index >= count:
         raise DeviceError(f"device {spec!r} asked for, but only {count} CUDA device(s) are present")
     return torch.device(text)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX), so that CPU bf16 autocast pays off.
+
+    Without it oneDNN emulates bf16 and training/inference under bf16 autocast runs many times slower than fp32
+    (measured: 0.7 vs 5.5 images/s for yolov7-tiny training on an AVX2-only AMD EPYC).
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # private oneDNN query missing: fall back to the CPU flags
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                flags = f.read()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_description() -> str:
+    """One line naming this CPU and what PyTorch uses of it, printed beside benchmark figures."""
+    import os
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    capability = torch.backends.cpu.get_cpu_capability()
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    return f"{name}, {os.cpu_count()} logical cores, PyTorch {torch.__version__} kernels {capability}, {bf16}"

@@ -12,12 +12,33 @@ from core.cli import main
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--data", str(tmp_path / "data"), "--epochs", "1", "--images", "24",
-            "--img", "96", "--batch", "8", "--device", "cpu"]
+    args = [
+        "demo",
+        "--out",
+        str(out),
+        "--data",
+        str(tmp_path / "data"),
+        "--epochs",
+        "1",
+        "--images",
+        "24",
+        "--img",
+        "96",
+        "--batch",
+        "8",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     text = capsys.readouterr().out
-    for step in ("1. the built-in demo dataset", "2. training", "3. evaluation", "4. re-parameterization",
-                 "5. detection", "6. how YOLOv7 assigned"):
+    for step in (
+        "1. the built-in demo dataset",
+        "2. training",
+        "3. evaluation",
+        "4. re-parameterization",
+        "5. detection",
+        "6. how YOLOv7 assigned",
+    ):
         assert step in text
     assert "check PASSED" in text
     assert (out / "train" / "weights" / "best.pt").is_file()

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from core.checkpoint.io import load_model
     from core.data import check_dataset, load_dataset
     from core.data.demo import ensure_demo_dataset
-    from core.device import select_device
+    from core.device import cpu_has_native_bf16, select_device
     from core.eval import evaluate
     from core.explore import explore_image, save_exploration
     from core.inference import Predictor, convert_for_deploy, draw_detections, read_image
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             workers=2,
             close_mosaic=3,
-            bf16=device.type == "cpu",
+            bf16=device.type == "cpu" and cpu_has_native_bf16(),
             objectness_every=max(1, args.epochs // 6),
             eval_interval=5,
         )

@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nbs", type=int, default=64, help="nominal batch size (gradient accumulation target)")
     p.add_argument("--warmup-min-iters", type=int, default=100, help="minimum warmup iterations (official: 1000)")
     p.add_argument("--no-ema", action="store_true")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU")
+    p.add_argument("--bf16", action="store_true", help="CPU bf16 autocast (fast only with AVX-512 BF16 or AMX)")
     p.add_argument("--no-channels-last", action="store_true", help="keep the NCHW memory format")
     p.add_argument("--multi-scale", action="store_true")
     p.add_argument("--image-weights", action="store_true")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.device import cpu_has_native_bf16
 from core.train import setup as S
 from core.train.config import TrainConfig
 from core.train.ema import ModelEMA
@@ -93,6 +94,11 @@ class Trainer:
         self.device = S.training_device(cfg.device, self.rank)
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)  # denormal activations/gradients can slow CPU convolutions ~10x
+            if cfg.bf16 and not cpu_has_native_bf16():
+                self.log(
+                    "warning: --bf16 asked for, but this CPU has no native bf16 (AVX-512 BF16 / AMX): oneDNN "
+                    "emulates it and training runs several times slower than fp32"
+                )
         S.seed_everything(cfg.seed + self.rank)
         self.dataset, self.data_report = S.prepare_dataset(cfg, self.log)
         self.hyp = S.resolve_hyp(cfg)
