@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -39,6 +41,17 @@ def select_device(spec: str | int | torch.device | None = "auto") -> torch.devic
     return torch.device(text)
 
 
+@functools.cache
+def _proc_cpuinfo() -> str:
+    """The text of ``/proc/cpuinfo`` ("" where there is none, e.g. not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX), so that CPU bf16 autocast pays off.
 
@@ -48,11 +61,7 @@ def cpu_has_native_bf16() -> bool:
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # private oneDNN query missing: fall back to the CPU flags
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as f:
-                flags = f.read()
-        except OSError:
-            return False
+        flags = _proc_cpuinfo()
         return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
@@ -62,14 +71,10 @@ def cpu_description() -> str:
     import platform
 
     name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    for line in _proc_cpuinfo().splitlines():
+        if line.startswith("model name"):
+            name = line.split(":", 1)[1].strip()
+            break
     capability = torch.backends.cpu.get_cpu_capability()
     bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
     return f"{name}, {os.cpu_count()} logical cores, PyTorch {torch.__version__} kernels {capability}, {bf16}"
