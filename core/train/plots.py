@@ -56,7 +56,9 @@ def metrics_figure(rows: list[dict[str, Any]]) -> go.Figure:
     fig = go.Figure()
     epochs = _col(rows, "epoch")
     for key, colour in (("mAP50", "#1f77b4"), ("mAP50-95", "#ff7f0e"), ("precision", "#2ca02c"), ("recall", "#9467bd")):
-        fig.add_scatter(x=epochs, y=_col(rows, key), name=key, mode="lines+markers", line={"color": colour})
+        fig.add_scatter(  # epochs without evaluation (--eval-interval) are gaps: join the evaluated points
+            x=epochs, y=_col(rows, key), name=key, mode="lines+markers", line={"color": colour}, connectgaps=True
+        )
     fig.update_layout(
         title="validation metrics per epoch (EMA model; mAP from pycocotools)",
         xaxis_title="epoch",
