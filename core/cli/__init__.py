@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 
 from core import __version__
 
@@ -28,8 +29,12 @@ _COMMANDS: list[str] = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the full parser with every registered sub-command."""
+def build_parser(extra: list[Callable[[argparse._SubParsersAction], None]] | None = None) -> argparse.ArgumentParser:
+    """Build the full parser with every registered sub-command.
+
+    ``extra``: functions that register more sub-commands (the front ends add theirs this way, so that the
+    engine's command line knows nothing of them).
+    """
     parser = argparse.ArgumentParser(
         prog="yolov7-studio",
         description="YOLOv7 engine and studio: models, data, training, assignment inspection, deploy.",
@@ -44,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
             _register_broken(sub, name, exc)
             continue
         module.register(sub)
+    for register in extra or []:
+        register(sub)
     return parser
 
 
@@ -57,9 +64,11 @@ def _register_broken(sub: argparse._SubParsersAction, name: str, exc: ImportErro
     p.set_defaults(func=fail)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None, extra: list[Callable[[argparse._SubParsersAction], None]] | None = None
+) -> int:
     """Entry point of the console script; returns the process exit code."""
-    parser = build_parser()
+    parser = build_parser(extra)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
