@@ -26,6 +26,7 @@ _COMMANDS: list[str] = [
     "export",
     "train",
     "assign",
+    "strip",
 ]
 
 
