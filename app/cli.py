@@ -46,6 +46,8 @@ def _run_studio(args: argparse.Namespace) -> int:
     from app.studio.app import launch
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "urllib3"):  # one line per request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     demo = launch(args.workspace, host=args.host, port=args.port, auth=args.auth, allowed_roots=args.allow, block=False)
     print(f"yolov7-studio studio: {demo.local_url}  (workspace {args.workspace}; Ctrl-C to stop)", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
