@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from core.data.progress import ProgressArg, as_progress, wants_tqdm
 from core.data.stats import DatasetStats, compute_stats
 from core.data.types import DetectionDataset, ImageRecord, Issue
 
@@ -46,7 +47,8 @@ ISSUE_KINDS: dict[str, str] = {
     "duplicate_image": "same file content as another image",
     "duplicate_image_id": "COCO image id used twice",
     "duplicate_listing": "image listed in more than one split",
-    "crowd_annotation": "COCO iscrowd=1 annotations",
+    "crowd_annotation": "COCO iscrowd=1 regions (not trained on; ignore regions in the COCO evaluation)",
+    "no_labels_found": "no labels were found at all: the layouts tried and the annotation-like files seen",
     "empty_image": "image with no boxes (used as background)",
     "missing_image": "image listed in a split file but not found",
     "missing_split": "split entry of data.yaml that does not exist",
@@ -136,7 +138,7 @@ def clean_boxes(
     if rec.label_file is not None and rec.label_file.stem != rec.path.stem:  # shared file (COCO): name the image
         where = f"{rec.label_file} [{rec.path.name}]"
     issues: list[Issue] = []
-    keep_boxes, keep_cls, keep_segs = [], [], []
+    keep_boxes, keep_cls, keep_segs, keep_areas = [], [], [], []
     seen: set[tuple] = set()
     w, h = rec.width, rec.height
     for k, (box, cls) in enumerate(zip(rec.boxes, rec.classes)):
@@ -168,12 +170,15 @@ def clean_boxes(
         seen.add(signature)
         keep_boxes.append((cx1, cy1, cx2, cy2))
         keep_cls.append(int(cls))
+        if rec.areas is not None:
+            keep_areas.append(rec.areas[k])  # the stated area stays (it is what COCO evaluates against)
         if rec.segments is not None:
             keep_segs.append(np.clip(rec.segments[k], 0, [w, h]))
     segments = tuple(keep_segs) if rec.segments is not None else None
     if len(keep_boxes) == rec.num_boxes and np.array_equal(np.asarray(keep_boxes).reshape(-1, 4), rec.boxes):
         return rec, issues
-    return rec.with_labels(np.asarray(keep_boxes).reshape(-1, 4), np.asarray(keep_cls), segments), issues
+    areas = np.asarray(keep_areas, dtype=np.float64) if rec.areas is not None else None
+    return rec.with_labels(np.asarray(keep_boxes).reshape(-1, 4), np.asarray(keep_cls), segments, areas), issues
 
 
 def check_dataset(
@@ -181,7 +186,7 @@ def check_dataset(
     decode: bool = True,
     min_box_size: float = 1.0,
     img_size: int | None = None,
-    progress: bool = False,
+    progress: ProgressArg = False,
 ) -> CheckReport:
     """Validate ``dataset``: decode images, clean boxes, find duplicate images; compute statistics.
 
@@ -191,8 +196,10 @@ def check_dataset(
             duplicates. ``False`` only cleans boxes.
         min_box_size: boxes narrower or shorter than this many pixels are degenerate and dropped.
         img_size: training size for the anchor statistics (default: each model's official size).
-        progress: show a tqdm progress bar while decoding.
+        progress: ``True`` shows a tqdm bar while decoding; a callable ``(fraction 0..1, message)`` (e.g. a UI's
+            progress bar) is called with increasing fractions, ending with 1.0.
     """
+    report = as_progress(progress)
     issues: list[Issue] = list(dataset.issues)
     input_boxes = dataset.num_boxes + sum(i.count for i in dataset.issues if i.scope == "box" and i.action == "dropped")
     records = list(dataset.images)
@@ -200,11 +207,11 @@ def check_dataset(
     if decode and records:
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
             mapped = pool.map(_check_image_file, [r.path for r in records])
-            if progress:
+            if wants_tqdm(progress):
                 from tqdm import tqdm
 
                 mapped = tqdm(mapped, total=len(records), desc="checking images", unit="img", disable=None)
-            results = list(mapped)
+            results = list(report.sub(0.0, 0.8).iterate(mapped, len(records), "decoding images"))
         first_of_hash: dict[str, ImageRecord] = {}
         for k, (rec, (digest, fatal, warning)) in enumerate(zip(records, results)):
             if fatal:
@@ -235,4 +242,7 @@ def check_dataset(
     input_images = len(records) + sum(
         i.count for i in dataset.issues if i.scope == "image" and i.action.startswith("dropped")
     )
-    return CheckReport(clean, tuple(issues), input_images, input_boxes, compute_stats(clean, img_size=img_size))
+    report(0.85, "statistics and anchor fit")
+    stats = compute_stats(clean, img_size=img_size)
+    report(1.0, f"checked {len(records)} images")
+    return CheckReport(clean, tuple(issues), input_images, input_boxes, stats)

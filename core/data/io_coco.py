@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from core.data.files import is_image_file, normalize_split, output_stems, probe_image, walk_files
+from core.data.progress import Progress, ProgressFn
 from core.data.types import DetectionDataset, ImageRecord, Issue, SplitInfo
 
 
@@ -62,6 +63,30 @@ def _largest_polygon(segmentation: Any) -> np.ndarray | None:
     return max(polys, key=len) if polys else None
 
 
+def _parse_annotation(
+    ann: dict, cat_map: dict[Any, int | None], json_file: Path, issues: list[Issue]
+) -> tuple[list[float], int, float | None] | None:
+    """(pixel xyxy box, class id, stated area or None) of one annotation, or ``None`` (reported) when unusable."""
+    bbox = ann.get("bbox") or []
+    cls = cat_map.get(ann.get("category_id"))
+    if cls is None:
+        msg = f"annotation {ann.get('id')}: category_id {ann.get('category_id')} not in the classes"
+        issues.append(Issue(str(json_file), "unknown_class", msg, "dropped"))
+        return None
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+        if not np.all(np.isfinite([x, y, w, h])):
+            raise ValueError
+    except (TypeError, ValueError):
+        issues.append(
+            Issue(str(json_file), "malformed_box", f"annotation {ann.get('id')}: bad bbox {bbox!r:.60}", "dropped")
+        )
+        return None
+    area = ann.get("area")
+    stated = float(area) if isinstance(area, (int, float)) and np.isfinite(area) and area >= 0 else None
+    return [x, y, x + w, y + h], cls, stated
+
+
 class _ImageFinder:
     """Resolves ``file_name`` entries against the usual COCO layouts, with a basename index as last resort."""
 
@@ -85,11 +110,13 @@ class _ImageFinder:
         return self._index.get(Path(file_name).name)
 
 
-def read_coco(path: Path, class_names: list[str] | None = None) -> DetectionDataset:
+def read_coco(path: Path, class_names: list[str] | None = None, progress: ProgressFn | None = None) -> DetectionDataset:
     """Read one or several COCO JSON files (their split comes from the file or folder name).
 
-    Crowd annotations (``iscrowd=1``) are left out, as for YOLO training, and counted. Polygon segmentations are kept
-    (the largest polygon of each object) when every object of an image has one.
+    Crowd annotations (``iscrowd=1``) go to ``ImageRecord.crowd_boxes``: never trained on (as the official pipeline),
+    given to the COCO evaluation as pycocotools' ignore regions. Each annotation's stated ``area`` is kept
+    (``ImageRecord.areas``) for the evaluation's size buckets. Polygon segmentations are kept (the largest polygon of
+    each object) when every object of an image has one. ``progress``: optional callback ``(fraction, message)``.
     """
     files = find_coco_files(path)
     if not files:
@@ -108,6 +135,9 @@ def read_coco(path: Path, class_names: list[str] | None = None) -> DetectionData
     name_to_id = {n: i for i, n in enumerate(names)}
     records: list[ImageRecord] = []
     used_paths: set[Path] = set()
+    report = Progress(progress)
+    total = sum(len(content["images"]) for _, content in contents if content)
+    done = 0
     for json_file, content in contents:
         split = _split_of(json_file)
         cat_map = {c.get("id"): name_to_id.get(str(c.get("name"))) for c in content.get("categories") or []}
@@ -116,9 +146,6 @@ def read_coco(path: Path, class_names: list[str] | None = None) -> DetectionData
         image_ids = {im.get("id") for im in content["images"] if isinstance(im, dict)}
         for ann in content.get("annotations") or []:
             if not isinstance(ann, dict):
-                continue
-            if ann.get("iscrowd", 0):
-                crowd += 1
                 continue
             if ann.get("image_id") not in image_ids:
                 issues.append(
@@ -131,11 +158,10 @@ def read_coco(path: Path, class_names: list[str] | None = None) -> DetectionData
                 )
                 continue
             anns_by_image.setdefault(ann.get("image_id"), []).append(ann)
-        if crowd:
-            msg = "iscrowd=1 annotations are not used for detection training"
-            issues.append(Issue(str(json_file), "crowd_annotation", msg, "dropped", "box", crowd))
         seen_ids: set[Any] = set()
         for im in content["images"]:
+            done += 1
+            report.update(done, total, "reading images")
             if not isinstance(im, dict) or "file_name" not in im:
                 issues.append(
                     Issue(str(json_file), "malformed_image_entry", f"image entry {im!r:.80}", "dropped", "image")
@@ -179,24 +205,23 @@ def read_coco(path: Path, class_names: list[str] | None = None) -> DetectionData
                 issues.append(
                     Issue(str(image), "exif_rotated", f"EXIF orientation {probe.orientation}", "kept", "image")
                 )
-            boxes, classes, segs = [], [], []
+            boxes, classes, segs, areas, stated = [], [], [], [], False
+            crowd_boxes, crowd_classes, crowd_areas = [], [], []
             for ann in anns_by_image.get(im.get("id"), []):
-                bbox = ann.get("bbox") or []
-                cls = cat_map.get(ann.get("category_id"))
-                if cls is None:
-                    msg = f"annotation {ann.get('id')}: category_id {ann.get('category_id')} not in the classes"
-                    issues.append(Issue(str(json_file), "unknown_class", msg, "dropped"))
+                parsed = _parse_annotation(ann, cat_map, json_file, issues)
+                if parsed is None:
                     continue
-                try:
-                    x, y, w, h = (float(v) for v in bbox)
-                    if not np.all(np.isfinite([x, y, w, h])):
-                        raise ValueError
-                except (TypeError, ValueError):
-                    msg = f"annotation {ann.get('id')}: bad bbox {bbox!r:.60}"
-                    issues.append(Issue(str(json_file), "malformed_box", msg, "dropped"))
+                box, cls, area = parsed
+                if ann.get("iscrowd", 0):
+                    crowd += 1
+                    crowd_boxes.append(box)
+                    crowd_classes.append(cls)
+                    crowd_areas.append(area if area is not None else (box[2] - box[0]) * (box[3] - box[1]))
                     continue
-                boxes.append([x, y, x + w, y + h])
+                stated = stated or area is not None
+                boxes.append(box)
                 classes.append(cls)
+                areas.append(area if area is not None else (box[2] - box[0]) * (box[3] - box[1]))
                 segs.append(_largest_polygon(ann.get("segmentation")))
             polygons = [s for s in segs if s is not None]
             segments = tuple(polygons) if segs and len(polygons) == len(segs) else None
@@ -211,8 +236,15 @@ def read_coco(path: Path, class_names: list[str] | None = None) -> DetectionData
                     key=Path(str(im["file_name"])).with_suffix("").as_posix(),
                     segments=segments,
                     label_file=json_file,
+                    areas=np.asarray(areas, dtype=np.float64) if stated else None,
+                    crowd_boxes=np.asarray(crowd_boxes, dtype=np.float64).reshape(-1, 4),
+                    crowd_classes=np.asarray(crowd_classes, dtype=np.int64),
+                    crowd_areas=np.asarray(crowd_areas, dtype=np.float64),
                 )
             )
+        if crowd:
+            msg = "iscrowd=1 regions: not trained on (as the official pipeline), given to the COCO evaluation"
+            issues.append(Issue(str(json_file), "crowd_annotation", msg, "kept for evaluation only", "box", crowd))
     for folder in sorted({r.path.parent for r in records}):
         for f in sorted(folder.iterdir()):
             if not f.is_file() or f.name.startswith(".") or f.suffix.lower() == ".json":
@@ -223,6 +255,7 @@ def read_coco(path: Path, class_names: list[str] | None = None) -> DetectionData
                 msg = "not listed in any annotation file"
                 issues.append(Issue(str(f), "image_without_labels", msg, "ignored", "image"))
     info = SplitInfo("dataset") if any(r.split for r in records) else SplitInfo("none")
+    report(1.0, f"read {len(records)} images")
     return DetectionDataset(root, "coco", tuple(names), tuple(records), tuple(issues), info, source=path)
 
 
@@ -230,22 +263,25 @@ def to_coco_dict(dataset: DetectionDataset, split: str | None = None) -> dict[st
     """COCO ground-truth dict of one split (``None``/``"all"``: every image), ready for ``pycocotools.coco.COCO``.
 
     ``image_id = position in dataset.split(split) + 1`` (see ``coco_image_id``), ``category_id = class_id + 1``,
-    ``bbox`` is ``[x, y, w, h]`` in original image pixels, ``area = w * h``, ``iscrowd = 0``.
+    ``bbox`` is ``[x, y, w, h]`` in original image pixels; ``area`` is the annotation's stated area (COCO input) or
+    ``w * h``; the crowd regions follow each image's boxes with ``iscrowd = 1``.
     """
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     for index, rec in enumerate(dataset.split(split)):
         image_id = coco_image_id(index)
         images.append({"id": image_id, "file_name": rec.path.name, "width": rec.width, "height": rec.height})
-        for box, cls in zip(rec.boxes, rec.classes):
+        labels = [(b, c, a, 0) for b, c, a in zip(rec.boxes, rec.classes, rec.box_areas())]
+        labels += [(b, c, a, 1) for b, c, a in zip(rec.crowd_boxes, rec.crowd_classes, rec.crowd_areas)]
+        for box, cls, area, iscrowd in labels:
             x1, y1, x2, y2 = (float(v) for v in box)
             ann = {
                 "id": len(annotations) + 1,
                 "image_id": image_id,
                 "category_id": coco_category_id(int(cls)),
                 "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "area": (x2 - x1) * (y2 - y1),
-                "iscrowd": 0,
+                "area": float(area),
+                "iscrowd": iscrowd,
             }
             annotations.append(ann)
     categories = [

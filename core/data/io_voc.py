@@ -1,34 +1,132 @@
 """Pascal VOC: ``Annotations/*.xml`` + ``JPEGImages/`` + ``ImageSets/Main/{train,val,test}.txt``; read and write.
 
+Read also as people publish VOC datasets: a folder of .xml files of any name beside a folder of images of any name
+(``images/`` + ``annotations/`` or ``annots/``), or the .xml files beside the images; without ``ImageSets/``. An
+image and its .xml are paired by file name (relative path, then bare name) and by the xml's ``<filename>``.
+
 VOC ``bndbox`` values are taken as pixel ``xyxy`` as written (no 1-based shift), so that a VOC -> other -> VOC round
 trip is exact and boxes touching the right/bottom border (``xmax == width``) stay inside the image.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from core.data.files import is_image_file, output_stems, probe_image, walk_files
+from core.data.files import is_image_file, normalize_split, output_stems, probe_image, walk_files
+from core.data.progress import Progress, ProgressFn
 from core.data.types import DetectionDataset, ImageRecord, Issue, SplitInfo
 
 _BOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
 
 
-def find_voc_root(path: Path, max_depth: int = 3) -> Path | None:
-    """The folder holding ``Annotations/`` (searched up to ``max_depth`` levels down, e.g. ``VOCdevkit/VOC2007``)."""
-    frontier = [path]
+_CLASSIC_ANNOTATIONS = "annotations"
+_IMAGE_FOLDER_NAMES = ("jpegimages", "images", "imgs", "img", "pictures", "photos")
+
+
+@dataclass(frozen=True)
+class VocLayout:
+    """Where a Pascal VOC dataset keeps its files: ``annotations`` (folder of .xml) and ``images`` (folder searched
+    for the images; the same folder when the .xml files sit beside the images)."""
+
+    root: Path
+    annotations: Path
+    images: Path
+
+
+def looks_like_voc(xml_file: Path) -> bool:
+    """True when the file starts like a VOC annotation (an ``<annotation>`` root element); reads at most 4 KiB."""
+    try:
+        with open(xml_file, "rb") as f:
+            head = f.read(4096).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    return re.search(r"<annotation[\s>]", head) is not None
+
+
+def _is_xml(path: Path) -> bool:
+    return path.suffix.lower() == ".xml" and not path.name.startswith(".")
+
+
+def _voc_xml_in(folder: Path, depth: int = 1, sniff: bool = True, sample: int = 3) -> bool:
+    """Does ``folder`` (or a subfolder up to ``depth`` levels down) hold .xml files (that look like VOC, with
+    ``sniff``: one of the first ``sample`` has an ``<annotation>`` root)?"""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return False
+    xmls = [Path(e.path) for e in entries if e.is_file() and _is_xml(Path(e.name))]
+    if xmls:
+        return not sniff or any(looks_like_voc(f) for f in xmls[:sample])
+    if depth > 0:
+        return any(
+            _voc_xml_in(Path(e.path), depth - 1, sniff, sample)
+            for e in entries
+            if e.is_dir() and not e.name.startswith(".")
+        )
+    return False
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "__MACOSX")
+    except OSError:
+        return []
+
+
+def _count_images(folder: Path) -> int:
+    return sum(1 for f in walk_files(folder) if is_image_file(f))
+
+
+def _image_folder(root: Path, annotations: Path) -> Path:
+    """The images of a VOC layout: ``JPEGImages``/``images`` (any case), else the sibling folder with the most images,
+    else the annotation folder itself (images beside their .xml), else ``root``."""
+    siblings = [d for d in _subfolders(root) if d != annotations]
+    for name in _IMAGE_FOLDER_NAMES:
+        for d in siblings:
+            if d.name.lower() == name:
+                return d
+    counted = [(n, d) for d in siblings if (n := _count_images(d))]
+    if counted:
+        return max(counted, key=lambda nd: nd[0])[1]
+    if any(is_image_file(f) for f in walk_files(annotations)):
+        return annotations
+    return root
+
+
+def find_voc_layout(path: Path, max_depth: int = 3) -> VocLayout | None:
+    """Find a Pascal VOC layout at ``path`` or up to ``max_depth`` levels below (e.g. ``VOCdevkit/VOC2007``).
+
+    Recognised: ``Annotations/`` (any case) beside ``JPEGImages/`` (the official layout); a folder of VOC .xml files
+    of any name (``annotations/``, ``annots/``, ``xml/`` ...) beside a folder of images of any name; .xml files
+    beside the images. A .xml file counts as VOC when its root element is ``<annotation>``.
+    """
+    frontier = [path] if path.is_dir() else []
     for _ in range(max_depth + 1):
-        nxt: list[Path] = []
+        for folder in frontier:  # the official name first, at each depth
+            for d in _subfolders(folder):
+                if d.name.lower() == _CLASSIC_ANNOTATIONS and _voc_xml_in(d, sniff=False):
+                    return VocLayout(folder, d, _image_folder(folder, d))
         for folder in frontier:
-            if (folder / "Annotations").is_dir():
-                return folder
-            nxt.extend(sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")))
-        frontier = nxt
+            if _voc_xml_in(folder, depth=0):  # xml beside the images
+                return VocLayout(folder, folder, folder)
+            for d in _subfolders(folder):
+                if _voc_xml_in(d):
+                    return VocLayout(folder, d, _image_folder(folder, d))
+        frontier = [d for folder in frontier for d in _subfolders(folder)]
     return None
+
+
+def find_voc_root(path: Path, max_depth: int = 3) -> Path | None:
+    """The folder of a VOC dataset at or below ``path`` (see ``find_voc_layout``), or ``None``."""
+    layout = find_voc_layout(path, max_depth)
+    return layout.root if layout is not None else None
 
 
 def _read_split_lists(root: Path) -> dict[str, str]:
@@ -81,40 +179,80 @@ def _parse_xml(xml_file: Path) -> tuple[dict, list[Issue]]:
     return info, issues
 
 
-def read_voc(path: Path, class_names: list[str] | None = None) -> DetectionDataset:
-    """Read a Pascal VOC folder.
+def _pair(
+    xml_key: str, filename: str, by_key: dict[str, Path], by_stem: dict[str, list[Path]], by_name: dict[str, list[Path]]
+) -> Path | None:
+    """The image of one annotation: same relative path, else same bare name, else the xml's ``<filename>``."""
+    if xml_key in by_key:
+        return by_key[xml_key]
+    same_stem = by_stem.get(xml_key.rsplit("/", 1)[-1].lower(), [])
+    if len(same_stem) == 1:
+        return same_stem[0]
+    if filename:
+        named = by_name.get(Path(filename.replace("\\", "/")).name.lower(), [])
+        if len(named) == 1:
+            return named[0]
+        named = by_stem.get(Path(filename.replace("\\", "/")).stem.lower(), [])
+        if len(named) == 1:
+            return named[0]
+    return same_stem[0] if same_stem else None
+
+
+def read_voc(path: Path, class_names: list[str] | None = None, progress: ProgressFn | None = None) -> DetectionDataset:
+    """Read a Pascal VOC folder (official layout, or .xml files in any folder beside or among the images).
 
     Args:
         path: the VOC folder (or a parent such as ``VOCdevkit``).
         class_names: fixed class order; objects with other names are dropped as unknown classes. Default: the order
             of ``classes.txt`` (or ``labels.txt``) in the VOC folder if present, else the sorted names found.
+        progress: optional callback ``(fraction, message)`` while the annotations and image headers are read.
     """
-    root = find_voc_root(path)
-    if root is None:
-        raise FileNotFoundError(f"{path}: no Annotations/ folder found (not a Pascal VOC dataset)")
+    layout = find_voc_layout(path)
+    if layout is None:
+        raise FileNotFoundError(
+            f"{path}: no Annotations/ folder and no folder of VOC .xml files found (not Pascal VOC)"
+        )
+    report = Progress(progress)
+    root, ann_dir, image_dir = layout.root, layout.annotations, layout.images
     issues: list[Issue] = []
-    image_dir = next((root / d for d in ("JPEGImages", "images", "Images") if (root / d).is_dir()), root / "JPEGImages")
-    images_by_stem: dict[str, Path] = {}
-    for f in walk_files(image_dir) if image_dir.is_dir() else []:
+    by_key: dict[str, Path] = {}
+    by_stem: dict[str, list[Path]] = {}
+    by_name: dict[str, list[Path]] = {}
+    for f in walk_files(image_dir):
         if is_image_file(f):
-            images_by_stem.setdefault(f.relative_to(image_dir).with_suffix("").as_posix(), f)
-        else:
+            key = f.relative_to(image_dir).with_suffix("").as_posix()
+            by_key.setdefault(key, f)
+            by_stem.setdefault(f.stem.lower(), []).append(f)
+            by_name.setdefault(f.name.lower(), []).append(f)
+        elif not _is_xml(f) and f.suffix.lower() not in (".txt", ".json") and image_dir != root:
             issues.append(Issue(str(f), "non_image_file", "not an image file (by suffix)", "ignored", "file"))
-    parsed: dict[str, tuple[Path, dict]] = {}
-    for ann_file in sorted((root / "Annotations").glob("*.xml")):
+    xml_files = [f for f in walk_files(ann_dir) if _is_xml(f)]
+    parsed: dict[Path, tuple[Path, dict]] = {}  # image -> (xml, content)
+    for n, ann_file in enumerate(xml_files, start=1):
+        report.update(n, len(xml_files) * 2, "reading annotations")
         try:
             content, xml_issues = _parse_xml(ann_file)
         except (ET.ParseError, ValueError, OSError) as exc:
             issues.append(
                 Issue(str(ann_file), "corrupt_annotation", f"cannot parse: {exc}", "dropped (image left out)", "image")
             )
-            parsed[ann_file.stem] = (ann_file, {"broken": True})
+            content, xml_issues = {"broken": True, "filename": ""}, []
+        xml_key = ann_file.relative_to(ann_dir).with_suffix("").as_posix()
+        image = _pair(xml_key, content.get("filename", ""), by_key, by_stem, by_name)
+        if image is None:
+            issues.append(Issue(str(ann_file), "label_without_image", f"no image for '{xml_key}'", "dropped", "image"))
+            continue
+        if image in parsed:
+            other = parsed[image][0]
+            msg = f"a second annotation for {image.name} (first: {other.name})"
+            issues.append(Issue(str(ann_file), "duplicate_listing", msg, "ignored", "file"))
             continue
         issues.extend(xml_issues)
-        parsed[ann_file.stem] = (ann_file, content)
-    for other in sorted((root / "Annotations").iterdir()):
-        if other.is_file() and other.suffix.lower() != ".xml" and not other.name.startswith("."):
-            issues.append(Issue(str(other), "non_annotation_file", "not an .xml annotation", "ignored", "file"))
+        parsed[image] = (ann_file, content)
+    if ann_dir != image_dir:
+        for other in sorted(ann_dir.iterdir()):
+            if other.is_file() and not _is_xml(other) and not other.name.startswith("."):
+                issues.append(Issue(str(other), "non_annotation_file", "not an .xml annotation", "ignored", "file"))
 
     names_found = sorted({n for _, info in parsed.values() for n, _ in info.get("objects", [])})
     names = list(class_names) if class_names is not None else _class_file_order(root, names_found)
@@ -123,20 +261,16 @@ def read_voc(path: Path, class_names: list[str] | None = None) -> DetectionDatas
     has_splits = bool(split_of)
 
     records: list[ImageRecord] = []
-    for stem in sorted(set(images_by_stem) | set(parsed)):
-        entry: tuple[Path | None, dict | None] = parsed.get(stem, (None, None))
-        xml_file, info = entry
-        image = images_by_stem.get(stem)
-        if image is None and info is not None and info.get("filename"):
-            candidate = image_dir / info["filename"]
-            image = candidate if candidate.is_file() else None
-        if image is None:
-            issues.append(Issue(str(xml_file), "label_without_image", f"no image for '{stem}'", "dropped", "image"))
-            continue
+    images = sorted(by_key.items())
+    for n, (key, image) in enumerate(images, start=1):
+        report.update(len(images) + n, len(images) * 2, "reading image headers")
+        xml_file, info = parsed.get(image, (None, None))
         if info is not None and info.get("broken"):
             continue
-        split = split_of.get(stem, "")  # "" = no split yet: core.data.load makes a seeded one
-        if has_splits and not split:
+        image_id = key.rsplit("/", 1)[-1]
+        folder_split = normalize_split(key.split("/", 1)[0]) if "/" in key else None
+        split = split_of.get(image_id, folder_split or "")  # "" = no split yet: core.data.load makes a seeded one
+        if has_splits and image_id not in split_of:
             issues.append(Issue(str(image), "not_in_split", "not listed in ImageSets/Main/*.txt", "dropped", "image"))
             continue
         probe = probe_image(image)
@@ -175,11 +309,12 @@ def read_voc(path: Path, class_names: list[str] | None = None) -> DetectionDatas
                 boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
                 classes=np.asarray(classes, dtype=np.int64),
                 split=split,
-                key=stem,
+                key=key,
                 label_file=xml_file,
             )
         )
-    split_info = SplitInfo("dataset") if has_splits else SplitInfo("none")
+    report(1.0, f"read {len(records)} images")
+    split_info = SplitInfo("dataset") if any(r.split for r in records) else SplitInfo("none")
     return DetectionDataset(root, "voc", tuple(names), tuple(records), tuple(issues), split_info, source=path)
 
 

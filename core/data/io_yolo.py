@@ -14,6 +14,7 @@ import numpy as np
 import yaml
 
 from core.data.files import is_image_file, normalize_split, output_stems, probe_image, relative_key, walk_files
+from core.data.progress import Progress, ProgressFn
 from core.data.types import DetectionDataset, ImageRecord, Issue, SplitInfo
 
 _YAML_NAMES = ("data.yaml", "dataset.yaml", "data.yml")
@@ -87,6 +88,8 @@ def _images_of(entry: Path, issues: list[Issue]) -> list[Path]:
             if not line:
                 continue
             p = Path(line) if Path(line).is_absolute() else (entry.parent / line).resolve()
+            if not p.is_file() and line.startswith(("data/", "./data/")):  # darknet lists are relative to data/
+                p = (entry.parent / line.split("data/", 1)[1]).resolve()
             if not p.is_file():
                 issues.append(
                     Issue(str(entry), "missing_image", f"listed image '{line}' not found", "dropped", "image")
@@ -141,6 +144,8 @@ def _split_sources(path: Path, issues: list[Issue]) -> tuple[Path, dict[str, lis
                 splits[split] = _images_of(folder, issues)
         else:
             splits[""] = _images_of(images_root, issues)
+    elif (root / "obj.data").is_file() or (root / "obj.names").is_file():  # darknet / CVAT "YOLO 1.1" export
+        splits = _darknet_splits(root, issues)
     else:  # Roboflow style: root/{train,valid,test}/images
         for d in sorted(root.iterdir()):
             found = normalize_split(d.name)
@@ -149,6 +154,32 @@ def _split_sources(path: Path, issues: list[Issue]) -> tuple[Path, dict[str, lis
     if not splits:
         raise FileNotFoundError(f"{path}: no data.yaml and no images/ folder (not a YOLO dataset)")
     return root, splits, names
+
+
+def _darknet_splits(root: Path, issues: list[Issue]) -> dict[str, list[Path]]:
+    """Splits of a darknet export (``obj.data`` with ``train = data/train.txt`` ..., labels beside the images);
+    without usable lists, every image under ``root`` with no split."""
+    splits: dict[str, list[Path]] = {}
+    obj_data = root / "obj.data"
+    entries: dict[str, str] = {}
+    if obj_data.is_file():
+        for line in obj_data.read_text(errors="replace").splitlines():
+            key, _, value = line.partition("=")
+            entries[key.strip().lower()] = value.strip()
+    for key in ("train", "valid", "test"):
+        value = entries.get(key, "")
+        if not value:
+            continue
+        stripped = value.split("data/", 1)[1] if value.startswith(("data/", "./data/")) else value
+        resolved = _resolve(value, [root]) or _resolve(stripped, [root])
+        if resolved is None:
+            issues.append(Issue(str(obj_data), "missing_split", f"{key}: '{value}' not found", "ignored", "file"))
+            continue
+        split = normalize_split(key) or key
+        splits.setdefault(split, []).extend(_images_of(resolved, issues))
+    if not splits:
+        splits[""] = [f for f in walk_files(root) if is_image_file(f)]
+    return splits
 
 
 def parse_label_file(
@@ -209,14 +240,18 @@ def parse_label_file(
     return box_array, np.asarray(classes, dtype=np.int64), tuple(segments) if polygon_file else None, issues
 
 
-def read_yolo(path: Path, class_names: list[str] | None = None) -> DetectionDataset:
+def read_yolo(path: Path, class_names: list[str] | None = None, progress: ProgressFn | None = None) -> DetectionDataset:
     """Read a YOLO dataset from a folder or a ``data.yaml``.
 
     Images without a label file are kept as background (the official behaviour) and reported; label files
-    without an image are reported. Class names come from ``class_names``, the yaml, ``classes.txt``, or ids.
+    without an image are reported. Class names come from ``class_names``, the yaml, ``classes.txt``/``obj.names``,
+    or ids. ``progress``: optional callback ``(fraction, message)`` while image headers and labels are read.
     """
     issues: list[Issue] = []
+    report = Progress(progress)
     root, splits, names = _split_sources(path, issues)
+    total = sum(len(v) for v in splits.values())
+    done = 0
     if class_names is not None:
         names = list(class_names)
     num_classes = len(names) if names is not None else None
@@ -226,6 +261,8 @@ def read_yolo(path: Path, class_names: list[str] | None = None) -> DetectionData
     label_dirs: set[Path] = set()
     for split, images in splits.items():
         for image in sorted(images):
+            done += 1
+            report.update(done, total, "reading labels")
             image = image.resolve()
             if image in seen:
                 issues.append(
@@ -285,6 +322,7 @@ def read_yolo(path: Path, class_names: list[str] | None = None) -> DetectionData
         names = [str(i) for i in range(top + 1)]
     has_splits = any(s for s in splits)
     info = SplitInfo("dataset") if has_splits else SplitInfo("none")
+    report(1.0, f"read {len(records)} images")
     return DetectionDataset(root, "yolo", tuple(names), tuple(records), tuple(issues), info, source=path)
 
 

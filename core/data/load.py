@@ -15,8 +15,10 @@ import yaml
 from core.data.io_coco import find_coco_files, read_coco
 from core.data.io_voc import find_voc_root, read_voc
 from core.data.io_yolo import find_data_yaml, read_yolo
+from core.data.layouts import LAYOUTS_TRIED, annotation_findings, no_labels_message
+from core.data.progress import Progress, ProgressFn
 from core.data.safezip import ZipLimits, safe_extract
-from core.data.types import DetectionDataset, SplitInfo
+from core.data.types import DetectionDataset, Issue, SplitInfo
 
 FORMATS: tuple[str, ...] = ("coco", "yolo", "voc")
 DEFAULT_SPLIT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)
@@ -31,8 +33,9 @@ def cache_dir() -> Path:
 def detect_format(path: Path) -> str:
     """``"coco"``, ``"yolo"`` or ``"voc"`` for a dataset folder or file.
 
-    Order: a data yaml or ``images/``+``labels/`` means YOLO; an ``Annotations/`` folder means VOC; a JSON with
-    ``images`` and ``annotations`` means COCO.
+    Order: a data yaml, ``images/``+``labels/`` or a darknet ``obj.data``/``obj.names`` means YOLO; VOC .xml files
+    (``Annotations/``, or a folder of any name, or beside the images: ``core.data.io_voc.find_voc_layout``) mean
+    VOC; a JSON with ``images`` and ``annotations`` means COCO; a bare ``images/`` folder is YOLO without labels.
 
     Raises:
         ValueError: none of the three layouts was recognised (the message lists what was looked for).
@@ -46,6 +49,8 @@ def detect_format(path: Path) -> str:
         raise ValueError(f"{path}: expected a folder, a .zip, a data .yaml or a COCO .json")
     if find_data_yaml(path) is not None or ((path / "images").is_dir() and (path / "labels").is_dir()):
         return "yolo"
+    if any((path / name).is_file() for name in ("obj.data", "obj.names")):  # darknet / CVAT "YOLO 1.1" export
+        return "yolo"
     if find_voc_root(path) is not None:
         return "voc"
     if find_coco_files(path):
@@ -55,8 +60,11 @@ def detect_format(path: Path) -> str:
     if (path / "images").is_dir():  # images without any labels yet: YOLO layout, every image a background
         return "yolo"
     raise ValueError(
-        f"{path}: format not recognised. Looked for a YOLO data.yaml or images/+labels/, a VOC Annotations/ folder, "
-        "and COCO JSON files with 'images' and 'annotations'. Pass the format explicitly (--format)."
+        f"{path}: format not recognised. Tried: "
+        + "; ".join(LAYOUTS_TRIED.values())
+        + ". Found: "
+        + ("; ".join(annotation_findings(path)[:12]) or "no annotation-like files (.xml, .json, .txt, .csv)")
+        + ". Pass the format explicitly (--format)."
     )
 
 
@@ -163,6 +171,7 @@ def load_dataset(
     split_seed: int = 0,
     split_fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS,
     zip_limits: ZipLimits | None = None,
+    progress: ProgressFn | None = None,
 ) -> DetectionDataset:
     """Read a dataset (COCO, YOLO or VOC; folder, annotation file or ``.zip``) into the common representation.
 
@@ -176,6 +185,10 @@ def load_dataset(
         class_names: force the class list/order (labels of other classes are dropped as unknown).
         split_seed, split_fractions: for the seeded split of datasets without one.
         zip_limits: limits for archive extraction.
+        progress: optional callback ``(fraction 0..1, message)`` (e.g. a UI's progress bar); ends with 1.0.
+
+    When not one labelled box is found, an issue ``no_labels_found`` says which layouts were tried and which
+    annotation-like files are there (e.g. "200 .xml files in annotations/ look like Pascal VOC").
 
     Raises:
         FileNotFoundError, ValueError: nothing readable as a dataset at ``path`` (the message says why).
@@ -190,14 +203,23 @@ def load_dataset(
         if not target.exists():
             raise FileNotFoundError(f"{source}: its path {target} does not exist (edit 'path' in the file)")
         dataset = load_dataset(
-            target, format or def_format, class_names or def_names, split_seed, split_fractions, zip_limits
+            target, format or def_format, class_names or def_names, split_seed, split_fractions, zip_limits, progress
         )
         return replace(dataset, source=source)
+    report = Progress(progress)
+    report(0.0, f"opening {source.name}")
     folder = extract_archive(source, zip_limits) if source.suffix.lower() == ".zip" else source
     fmt = (format or detect_format(folder)).lower()
     readers = {"coco": read_coco, "yolo": read_yolo, "voc": read_voc}
     if fmt not in readers:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
-    dataset = readers[fmt](folder, class_names=class_names)
+    dataset = readers[fmt](folder, class_names=class_names, progress=report.sub(0.05, 0.95))
     dataset = replace(dataset, source=source)
-    return apply_seeded_split(dataset, split_seed, split_fractions)
+    if dataset.images and not any(r.num_boxes or len(r.crowd_boxes) for r in dataset.images):
+        where = folder if folder.is_dir() else folder.parent
+        message = no_labels_message(where, fmt, detected=format is None)
+        issue = Issue(str(folder), "no_labels_found", message, "kept (all images as background)", "file")
+        dataset = replace(dataset, issues=(issue, *dataset.issues))
+    dataset = apply_seeded_split(dataset, split_seed, split_fractions)
+    report(1.0, f"{len(dataset.images)} images, {dataset.num_boxes} boxes ({fmt.upper()})")
+    return dataset

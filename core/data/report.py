@@ -57,6 +57,9 @@ def report_to_text(report: CheckReport, max_per_kind: int = 10) -> str:
         f"(of {report.input_images} images and {report.input_boxes} boxes read)",
         f"Defective boxes (dropped or clipped): {len(report.defective_boxes)}",
     ]
+    for issue in report.issues:  # the one problem that makes everything else moot comes first
+        if issue.kind == "no_labels_found":
+            lines[1:1] = ["", f"WARNING: {issue.message}", ""]
     by_kind: dict[str, list[Issue]] = defaultdict(list)
     for issue in report.issues:
         by_kind[issue.kind].append(issue)

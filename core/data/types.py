@@ -37,6 +37,12 @@ class ImageRecord:
         key: stable identifier inside the dataset (relative path without suffix), used for reports and file names.
         segments: ``None``, or one ``[K, 2]`` float64 pixel polygon per box (same order as ``boxes``).
         label_file: the annotation file the boxes came from, if any (for reports).
+        areas: ``None``, or ``[N]`` float64: the area each annotation states (COCO ``area``, e.g. of its
+            segmentation), kept for evaluation; ``None`` means box width x height.
+        crowd_boxes: ``[M, 4]`` float64 pixel ``xyxy`` COCO crowd regions (``iscrowd=1``). Never trained on (as in
+            the official pipeline); the evaluation gives them to pycocotools, which ignores detections on them.
+        crowd_classes: ``[M]`` int64 class ids of the crowd regions.
+        crowd_areas: ``[M]`` float64 stated areas of the crowd regions.
     """
 
     path: Path
@@ -48,6 +54,10 @@ class ImageRecord:
     key: str
     segments: tuple[np.ndarray, ...] | None = None
     label_file: Path | None = None
+    areas: np.ndarray | None = None
+    crowd_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    crowd_classes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    crowd_areas: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def __post_init__(self) -> None:
         boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
@@ -61,6 +71,21 @@ class ImageRecord:
                 raise ValueError(f"{self.path}: {len(self.segments)} segments for {len(boxes)} boxes")
             segs = tuple(_readonly(np.asarray(s, dtype=np.float64).reshape(-1, 2).copy()) for s in self.segments)
             object.__setattr__(self, "segments", segs)
+        if self.areas is not None:
+            areas = np.asarray(self.areas, dtype=np.float64).reshape(-1)
+            if len(areas) != len(boxes):
+                raise ValueError(f"{self.path}: {len(areas)} areas for {len(boxes)} boxes")
+            object.__setattr__(self, "areas", _readonly(areas.copy()))
+        crowd = np.asarray(self.crowd_boxes, dtype=np.float64).reshape(-1, 4)
+        crowd_cls = np.asarray(self.crowd_classes, dtype=np.int64).reshape(-1)
+        crowd_areas = np.asarray(self.crowd_areas, dtype=np.float64).reshape(-1)
+        if not len(crowd) == len(crowd_cls) == len(crowd_areas):
+            raise ValueError(
+                f"{self.path}: {len(crowd)} crowd boxes, {len(crowd_cls)} classes, {len(crowd_areas)} areas"
+            )
+        object.__setattr__(self, "crowd_boxes", _readonly(crowd.copy()))
+        object.__setattr__(self, "crowd_classes", _readonly(crowd_cls.copy()))
+        object.__setattr__(self, "crowd_areas", _readonly(crowd_areas.copy()))
 
     @property
     def num_boxes(self) -> int:
@@ -68,10 +93,20 @@ class ImageRecord:
         return len(self.classes)
 
     def with_labels(
-        self, boxes: np.ndarray, classes: np.ndarray, segments: tuple[np.ndarray, ...] | None = None
+        self,
+        boxes: np.ndarray,
+        classes: np.ndarray,
+        segments: tuple[np.ndarray, ...] | None = None,
+        areas: np.ndarray | None = None,
     ) -> ImageRecord:
-        """Copy with other labels (same image)."""
-        return replace(self, boxes=boxes, classes=classes, segments=segments)
+        """Copy with other labels (same image; the crowd regions are kept)."""
+        return replace(self, boxes=boxes, classes=classes, segments=segments, areas=areas)
+
+    def box_areas(self) -> np.ndarray:
+        """``[N]`` the evaluation area of each box: the stated ``areas`` where known, else width x height."""
+        if self.areas is not None:
+            return self.areas
+        return (self.boxes[:, 2] - self.boxes[:, 0]) * (self.boxes[:, 3] - self.boxes[:, 1])
 
 
 @dataclass(frozen=True)
