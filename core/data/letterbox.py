@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
+import torch
 
 PAD_VALUE = 114
+
+BoxArray = TypeVar("BoxArray", torch.Tensor, np.ndarray)
 
 
 def read_bgr(path: str | Path) -> np.ndarray:
@@ -54,8 +58,10 @@ def letterbox(
     ``auto`` pads only up to a multiple of ``stride``. Resize with ``INTER_LINEAR``.
 
     Returns:
-        (image, (rw, rh) scale ratios, (dw, dh) padding added on the left/top, as floats (half the total)).
-        A pixel point (x, y) maps to (x * rw + dw, y * rh + dh).
+        (image, (rw, rh) scale ratios, (dw, dh) half of the total padding per axis, as floats). The pixels are
+        shifted by the integer :func:`pad_offsets` ``(round(dw - 0.1), round(dh - 0.1))``; labels follow the
+        official code and use the float ``(dw, dh)`` (up to 0.5 px off for an odd padding). Map boxes back with
+        :func:`unletterbox_boxes`, which uses the integer offsets (the exact inverse of the pixels).
     """
     shape = img.shape[:2]
     if isinstance(new_shape, int):
@@ -70,10 +76,49 @@ def letterbox(
     dw, dh = pad_w / 2, pad_h / 2
     if (shape[1], shape[0]) != new_unpad:
         img = cv2.resize(img, new_unpad, interpolation=cv2.INTER_LINEAR)
-    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
-    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    left, top = pad_offsets(dw, dh)
+    bottom, right = int(round(dh + 0.1)), int(round(dw + 0.1))
     img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=color)
     return img, (r, r), (dw, dh)
+
+
+def pad_offsets(dw: float, dh: float) -> tuple[int, int]:
+    """The integer ``(left, top)`` padding that :func:`letterbox` puts before the image, from its half pads."""
+    return int(round(dw - 0.1)), int(round(dh - 0.1))
+
+
+def unletterbox_boxes(
+    boxes: BoxArray,
+    ratio: tuple[float, float],
+    pad: tuple[int, int] | tuple[float, float],
+    orig_shape: tuple[int, int],
+    clip: bool = True,
+) -> BoxArray:
+    """Map boxes from letterboxed input pixels back to original image pixels: THE inverse letterbox mapping.
+
+    Used by the predictor and by evaluation (``val``), so one image gives the same boxes through both.
+
+    Args:
+        boxes: ``[n, >=4]`` tensor or array, xyxy in the first four columns (further columns, e.g. score and
+            class, are copied unchanged).
+        ratio: ``(rw, rh)`` per-axis scale from original to letterboxed pixels (resized size / original size).
+        pad: ``(left, top)`` padding before the image in letterboxed pixels: the integer offsets the pixels were
+            shifted by (:func:`pad_offsets` of the half pads), not the official ``scale_coords``' unrounded half
+            pad, which puts boxes up to 0.5 input pixels off when the padding is odd.
+        orig_shape: original ``(h, w)``; with ``clip`` boxes are clipped to ``[0, w] x [0, h]``.
+    Returns:
+        A new tensor/array of the same type, shape and dtype: ``x = (x' - left) / rw``, ``y = (y' - top) / rh``.
+    """
+    rw, rh = ratio
+    left, top = pad
+    out = boxes.clone() if isinstance(boxes, torch.Tensor) else np.array(boxes, copy=True)
+    out[:, [0, 2]] = (out[:, [0, 2]] - left) / rw
+    out[:, [1, 3]] = (out[:, [1, 3]] - top) / rh
+    if clip:
+        h, w = orig_shape
+        out[:, [0, 2]] = out[:, [0, 2]].clip(0, w)
+        out[:, [1, 3]] = out[:, [1, 3]].clip(0, h)
+    return out
 
 
 def rect_batch_shapes(

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.data.letterbox import pad_offsets, unletterbox_boxes
+from core.data.progress import ProgressArg, as_progress, wants_tqdm
 from core.eval.coco_eval import CocoMetrics, evaluate_coco
 from core.eval.matching import ConfusionMatrix, PRCurves, match_image, pr_curves
 from core.nms import NmsConfig, apply_nms
@@ -68,12 +70,13 @@ class EvalResult:
 
 
 def to_original(det: torch.Tensor, shape: Any) -> torch.Tensor:
-    """Map letterboxed ``xyxy`` back to original pixels with the loader's ``((h0, w0), ((gh, gw), (pw, ph)))``."""
-    (h0, w0), ((gh, gw), (pw, ph)) = shape
-    det = det.clone()
-    det[:, [0, 2]] = ((det[:, [0, 2]] - pw) / gw).clamp(0, w0)
-    det[:, [1, 3]] = ((det[:, [1, 3]] - ph) / gh).clamp(0, h0)
-    return det
+    """Map letterboxed ``xyxy`` back to original pixels with the loader's ``((h0, w0), ((gh, gw), (dw, dh)))``.
+
+    The one inverse mapping the predictor uses too (:func:`core.data.letterbox.unletterbox_boxes`): the integer
+    padding the pixels were shifted by, not the half pads ``(dw, dh)`` themselves.
+    """
+    (h0, w0), ((gh, gw), (dw, dh)) = shape
+    return unletterbox_boxes(det, (gw, gh), pad_offsets(dw, dh), (h0, w0))
 
 
 def coco_results(image_id: int, det: torch.Tensor) -> list[dict[str, Any]]:
@@ -105,12 +108,14 @@ def evaluate(
     save_json: str | Path | None = None,
     fuse: bool = True,
     loader: Any = None,
-    progress: bool = False,
+    progress: ProgressArg = False,
 ) -> EvalResult:
     """Run ``model`` over ``dataset.split(split)`` (letterbox, rectangular batches) and compute every metric.
 
     ``fuse``: evaluate the re-parameterized deploy form (same outputs, faster). ``save_json``: write the
-    COCO results list there.
+    COCO results list there. ``progress``: ``True`` shows a tqdm bar; a callable ``(fraction 0..1, message)``
+    (e.g. a UI's progress bar) is called with increasing fractions, ending with 1.0. The ground truth given to
+    pycocotools keeps COCO crowd regions and stated areas (``core.data.io_coco.to_coco_dict``).
     """
     from core.data.io_coco import to_coco_dict
     from core.data.loader import create_val_loader
@@ -128,12 +133,17 @@ def evaluate(
     corrects, confs, pcls = [], [], []
     confusion = ConfusionMatrix(nc)
     t_inf = t_nms = 0.0
+    report = as_progress(progress)
+    report(0.0, f"evaluating {len(records)} images of '{split}'")
     batches = loader
-    if progress:
+    if wants_tqdm(progress):
         from tqdm import tqdm
 
         batches = tqdm(loader, desc=f"val {split}", leave=False)
-    for batch in batches:
+    n_batches = len(loader) if hasattr(loader, "__len__") else 0
+    for n_done, batch in enumerate(batches, start=1):
+        if n_batches:
+            report.sub(0.0, 0.9).update(n_done - 1, n_batches, "inference, batch")
         x = batch.images.to(device, non_blocking=True).float() / 255
         t0 = time.perf_counter()
         pred = net(x)
@@ -162,7 +172,9 @@ def evaluate(
     if save_json is not None:
         Path(save_json).parent.mkdir(parents=True, exist_ok=True)
         Path(save_json).write_text(json.dumps(detections))
+    report(0.9, "COCO metrics (pycocotools)")
     coco = evaluate_coco(to_coco_dict(dataset, split), detections)
+    report(1.0, f"mAP50 {coco.map50:.3f}, mAP50-95 {coco.map:.3f}")
     n = max(len(records), 1)
     return EvalResult(
         coco,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.data.letterbox import PAD_VALUE
+from core.data.letterbox import PAD_VALUE, pad_offsets, unletterbox_boxes
 from core.data.letterbox import letterbox as _letterbox_pixels
 
 
@@ -42,20 +42,12 @@ class LetterboxInfo:
     def to_original(self, boxes: torch.Tensor, clip: bool = True) -> torch.Tensor:
         """Map ``[n, 4]`` xyxy boxes from letterboxed to original pixels (a new tensor), clipped to the image.
 
-        This is the exact inverse of :func:`letterbox` (integer padding, per-axis scale). The official
+        This is the exact inverse of :func:`letterbox` (integer padding, per-axis scale), through
+        :func:`core.data.letterbox.unletterbox_boxes`, the one mapping evaluation uses too. The official
         ``scale_coords`` subtracts the unrounded half padding instead, which can put boxes up to 0.5 letterboxed
         pixels elsewhere.
         """
-        rw, rh = self.ratio
-        left, top = self.pad
-        out = boxes.clone()
-        out[:, [0, 2]] = (out[:, [0, 2]] - left) / rw
-        out[:, [1, 3]] = (out[:, [1, 3]] - top) / rh
-        if clip:
-            h, w = self.orig_shape
-            out[:, [0, 2]] = out[:, [0, 2]].clamp(0, w)
-            out[:, [1, 3]] = out[:, [1, 3]].clamp(0, h)
-        return out
+        return unletterbox_boxes(boxes, self.ratio, self.pad, self.orig_shape, clip=clip)
 
 
 def letterbox_geometry(
@@ -79,8 +71,8 @@ def letterbox_geometry(
     if auto:
         pad_w, pad_h = pad_w % stride, pad_h % stride
     dw, dh = pad_w / 2, pad_h / 2
-    top, bottom = round(dh - 0.1), round(dh + 0.1)
-    left, right = round(dw - 0.1), round(dw + 0.1)
+    left, top = pad_offsets(dw, dh)
+    right, bottom = round(dw + 0.1), round(dh + 0.1)
     return LetterboxInfo((h, w), (unpad_h + top + bottom, unpad_w + left + right), (unpad_h, unpad_w), (left, top))
 
 
