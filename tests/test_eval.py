@@ -99,3 +99,37 @@ def test_matching_curves_and_confusion() -> None:
     cm = ConfusionMatrix(2, conf=0.25, iou=0.45)
     cm.update(det, gt_boxes, gt_cls)
     assert cm.matrix.tolist() == [[1, 0, 0], [0, 1, 0], [1, 1, 0]]
+
+
+def test_evaluate_reports_progress_to_a_callback(tmp_path: Path) -> None:
+    """``evaluate(progress=callback)``: increasing fractions in [0, 1], the last one 1.0; the tqdm switch works."""
+    from core.data import check_dataset, load_dataset, make_demo_dataset
+    from core.eval import evaluate
+    from core.models import build_model
+
+    data = make_demo_dataset(tmp_path / "demo", n_images=30, img_size=64, seed=1)
+    dataset = check_dataset(load_dataset(data), decode=False).dataset
+    assert len(dataset.split("val")) >= 3
+    torch.manual_seed(0)
+    model = build_model("yolov7-tiny", dataset.num_classes).eval()
+    calls: list[tuple[float, str]] = []
+    result = evaluate(
+        model, dataset, "val", img_size=64, batch_size=1, fuse=False, progress=lambda f, m: calls.append((f, m))
+    )
+    fractions = [f for f, _ in calls]
+    assert len(calls) >= len(dataset.split("val")) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert all(b > a for a, b in zip(fractions, fractions[1:]))
+    assert all(isinstance(m, str) and m for _, m in calls)
+    again = evaluate(model, dataset, "val", img_size=64, batch_size=1, fuse=False, progress=True)
+    assert again.coco.stats == result.coco.stats
+
+
+def test_per_epoch_evaluation_iou_is_the_documented_choice() -> None:
+    """FACTS 1e: official per-epoch 0.6 (test() default), test.py 0.65, final COCO 0.7. We evaluate every epoch,
+    the final metrics and ``val`` at the test.py value so that the three agree (see core.eval.evaluator)."""
+    from core.eval.evaluator import OFFICIAL_EPOCH_IOU, OFFICIAL_FINAL_COCO_IOU, VAL_NMS
+    from core.train.config import TrainConfig
+
+    assert (OFFICIAL_EPOCH_IOU, VAL_NMS.iou, OFFICIAL_FINAL_COCO_IOU) == (0.6, 0.65, 0.7)
+    cfg = TrainConfig(data="x")
+    assert (cfg.eval_conf, cfg.eval_iou) == (VAL_NMS.conf, VAL_NMS.iou)

@@ -23,6 +23,15 @@ from core.nms import NmsConfig, apply_nms
 
 VAL_NMS = NmsConfig(conf=0.001, iou=0.65, multi_label=True)  # the official test.py setting
 
+# NMS IoU of the official evaluations (FACTS.md 1e): the test.py command 0.65 (the published numbers); the per-epoch
+# evaluation in train.py 0.6 (it calls test() without iou_thres, so the function's default applies); the final
+# COCO-only evaluation of best.pt/last.pt in train.py 0.7. We use VAL_NMS (0.65) for the per-epoch evaluation, the
+# final one (metrics.json) and the `val` command alike (TrainConfig.eval_iou), so that results.csv, metrics.json
+# and `val` on best.pt give the same numbers for the same weights; the official per-epoch value is an accident of a
+# function default, and a run that must reproduce official per-epoch curves sets eval_iou=OFFICIAL_EPOCH_IOU.
+OFFICIAL_EPOCH_IOU = 0.6
+OFFICIAL_FINAL_COCO_IOU = 0.7
+
 
 @dataclass
 class EvalResult:
