@@ -171,7 +171,7 @@ def test_no_labels_found_says_what_was_tried_and_seen(tmp_path: Path) -> None:
     message = found[0].message
     assert "3 .xml files in annotations/ look like Pascal VOC" in message
     assert ".csv files in the top folder" in message
-    assert "YOLO" in message
+    assert "YOLO" in message and "Try --format voc" in message
     text = report_to_text(check_dataset(ds, decode=False))
     assert text.index("no labelled box found") < text.index("Problems:")  # shown first, not buried
     # auto-detection on only images and CSV lists every layout it tried

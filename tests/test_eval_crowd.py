@@ -44,6 +44,7 @@ def _annotations() -> list[dict]:
     add(7, 3, [20, 30, 100, 95])  # box 9500 (large), stated 4750 (medium): moves between APl and APm
     add(7, 7, [130, 10, 30, 30])  # box 900 (small), stated 450 (small)
     add(7, 7, [125, 60, 50, 80], crowd=1)  # crowd (polygon)
+    add(100, 7, [70, 30, 80, 85], crowd=1)  # crowd listed before the image's objects
     add(100, 3, [10, 10, 44, 30])  # box 1320 (medium), stated 660 (small): moves between APm and APs
     add(100, 7, [80, 40, 60, 70])
     return anns
@@ -121,7 +122,7 @@ def test_crowd_and_areas_are_kept_and_evaluation_equals_pycocotools_on_the_origi
     dataset = check_dataset(load_dataset(coco_file.parent.parent), decode=False).dataset
     assert dataset.format == "coco" and dataset.split_names == ("val",)
     gt = to_coco_dict(dataset, "val")
-    assert sum(a["iscrowd"] for a in gt["annotations"]) == 2
+    assert sum(a["iscrowd"] for a in gt["annotations"]) == 3
     ours = evaluate_coco(gt, _to_our_ids(dets, dataset, "val"))
     assert [ours.stats[k] for k in STAT_NAMES] == pytest.approx(expected, abs=1e-12)
     # the crowd regions and the stated areas matter here: without them the numbers differ
@@ -145,7 +146,7 @@ def test_crowd_regions_are_never_trained_on(coco_file: Path) -> None:
     np.testing.assert_allclose(rec.areas, [1200, 600, 3600])
     assert dataset.num_boxes == 7  # statistics, anchors and training see the 7 non-crowd boxes only
     crowd_issue = next(i for i in load_dataset(coco_file).issues if i.kind == "crowd_annotation")
-    assert crowd_issue.count == 2 and crowd_issue.action == "kept for evaluation only"
+    assert crowd_issue.count == 3 and crowd_issue.action == "kept for evaluation only"
     train = YoloDataset(list(dataset.images), img_size=64, augment=False)
     for k, r in enumerate(dataset.images):
         sample = train[k]

@@ -94,8 +94,17 @@ def no_labels_message(folder: Path, format: str, detected: bool) -> str:
     tried = "; ".join(LAYOUTS_TRIED.values()) if detected else LAYOUTS_TRIED.get(format, format)
     findings = annotation_findings(folder)
     found = "; ".join(findings[:12]) + (f"; ... {len(findings) - 12} more" if len(findings) > 12 else "")
+    hints = [
+        f"--format {f}"
+        for f, key in (("voc", "like Pascal VOC"), ("coco", "like COCO"))
+        if f != format and any(key in x for x in findings)
+    ]
+    advice = f"Try {' or '.join(hints)}." if hints else ""
     return (
         f"no labelled box found (format {format.upper()}, {how}); every image would be a background image. "
         f"Layouts tried: {tried}. Found: {found or 'no annotation-like files (.xml, .json, .txt, .csv)'}. "
-        "If the labels are there, pass the format explicitly (--format) or arrange the files in one of these layouts."
+        + (
+            advice
+            or "If the labels are there, pass the format (--format) or arrange the files in one of these layouts."
+        )
     )
