@@ -11,6 +11,8 @@ Public API (everything else in the package is an implementation detail):
 * Training input: ``Hyp``/``get_hyp``/``HYP_PRESETS``, ``YoloDataset``, ``create_train_loader``,
   ``create_val_loader``, ``Batch``, ``LabelCounts``, ``multi_scale_resize``, ``letterbox``.
 * Demo data: ``make_demo_dataset``, ``ensure_demo_dataset``; previews: ``render_preview``.
+* Progress: ``load_dataset``, ``check_dataset`` (and ``core.eval.evaluate``) take ``progress``, a ``ProgressFn``
+  ``(fraction 0..1, message)`` such as a UI's progress bar (``True`` = a tqdm bar where the call has one).
 """
 
 from core.data.augment import LabelCounts
@@ -25,6 +27,7 @@ from core.data.load import detect_format, load_dataset
 from core.data.loader import Batch, DetectionLoader, create_train_loader, create_val_loader, multi_scale_resize
 from core.data.pipeline import YoloDataset
 from core.data.preview import render_preview
+from core.data.progress import ProgressFn
 from core.data.report import report_to_dict, report_to_text
 from core.data.safezip import UnsafeArchiveError, ZipLimits, safe_extract
 from core.data.stats import compute_stats
@@ -40,6 +43,7 @@ __all__ = [
     "ImageRecord",
     "Issue",
     "LabelCounts",
+    "ProgressFn",
     "SplitInfo",
     "UnsafeArchiveError",
     "YoloDataset",
