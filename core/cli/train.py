@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
+
+_BOOL = argparse.BooleanOptionalAction
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -12,73 +15,81 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train or fine-tune a YOLOv7 model (official recipe, EMA, resume, DDP)",
         description="Train a YOLOv7 variant on any dataset `yolov7-studio data` reads. The run "
         "directory (--out) gets config.json, status.json, results.csv, weights/last.pt and best.pt, "
-        "plots/ and train.log. Create <out>/STOP (or send SIGTERM) to stop cleanly; --resume continues.",
+        "plots/ and train.log. Create <out>/STOP (or send SIGTERM) to stop cleanly; --resume continues. "
+        "--config FILE.json launches exactly the configuration a run directory's config.json holds (or a file "
+        "of the same fields); flags given with it override those settings. Defaults are TrainConfig's.",
+        argument_default=argparse.SUPPRESS,  # only flags given on the command line override --config
     )
-    p.add_argument("--data", required=False, help="dataset folder, data.yaml, COCO json, .zip or dataset definition")
-    p.add_argument("--model", default="yolov7-tiny", help="variant (see `yolov7-studio models`)")
-    p.add_argument("--weights", default=None, help="start from this checkpoint (ours or an official .pt)")
-    p.add_argument("--width", type=float, default=1.0, help="channel-width multiple (official width_multiple)")
-    p.add_argument(
-        "--aux",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="auxiliary head (default: as the official config; --aux adds it to P5 models)",
-    )
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--img", type=int, default=640, help="training image size (square)")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--out", default=None, help="run directory (default runs/<model>)")
-    p.add_argument("--hyp", default="auto", help="p5 | p6 | tiny | custom | path to a hyp YAML (default: by model)")
+    p.add_argument("--config", metavar="FILE.json", help="start from this configuration (a run's config.json)")
+    p.add_argument("--data", help="dataset folder, data.yaml, COCO json, .zip or dataset definition")
+    p.add_argument("--model", help="variant (see `yolov7-studio models`; default yolov7-tiny)")
+    p.add_argument("--weights", help="start from this checkpoint (ours or an official .pt)")
+    p.add_argument("--width", type=float, help="channel-width multiple (official width_multiple)")
+    p.add_argument("--aux", action=_BOOL, help="auxiliary head (default: as the official config; --aux adds it to P5)")
+    p.add_argument("--epochs", type=int, help="default 100")
+    p.add_argument("--img", type=int, help="training image size (square; default 640)")
+    p.add_argument("--batch", type=int, help="total batch size over all processes (default 16)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out", help="run directory (default runs/<model>)")
+    p.add_argument("--name", help="a name for the run (shown by the front ends)")
+    p.add_argument("--hyp", help="p5 | p6 | tiny | custom | path to a hyp YAML (default: by model)")
     p.add_argument(
         "--set",
         action="append",
-        default=[],
         metavar="KEY=VALUE",
-        help="override one hyperparameter, e.g. --set lr0=0.02 (repeatable)",
+        help="override one hyperparameter, e.g. --set lr0=0.02 (repeatable; added to --config's overrides)",
     )
     p.add_argument(
         "--resume",
         nargs="?",
         const=True,
-        default=None,
         help="resume the run in --out (or the given run directory / last.pt) from its last checkpoint",
     )
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd")
-    p.add_argument("--lr-schedule", choices=("cosine", "linear"), default="cosine")
-    p.add_argument("--nbs", type=int, default=64, help="nominal batch size (gradient accumulation target)")
-    p.add_argument("--warmup-min-iters", type=int, default=100, help="minimum warmup iterations (official: 1000)")
-    p.add_argument("--no-ema", action="store_true")
-    p.add_argument("--bf16", action="store_true", help="CPU bf16 autocast (fast only with AVX-512 BF16 or AMX)")
-    p.add_argument("--no-channels-last", action="store_true", help="keep the NCHW memory format")
-    p.add_argument("--multi-scale", action="store_true")
-    p.add_argument("--image-weights", action="store_true")
+    p.add_argument("--workers", type=int, help="data loader processes (default 2)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"))
+    p.add_argument("--lr-schedule", choices=("cosine", "linear"))
+    p.add_argument("--nbs", type=int, help="nominal batch size (gradient accumulation target; default 64)")
+    p.add_argument("--warmup-min-iters", type=int, help="minimum warmup iterations (default 100; official 1000)")
+    p.add_argument("--ema", action=_BOOL, help="EMA of the weights (default on)")
+    p.add_argument("--amp", action=_BOOL, help="mixed precision on CUDA (default on)")
+    p.add_argument("--bf16", action=_BOOL, help="CPU bf16 autocast (fast only with AVX-512 BF16 or AMX)")
+    p.add_argument("--channels-last", action=_BOOL, help="NHWC memory format (default on)")
+    p.add_argument("--multi-scale", action=_BOOL)
+    p.add_argument("--image-weights", action=_BOOL)
     p.add_argument(
         "--freeze",
         type=int,
         nargs="*",
-        default=[],
         help="freeze layers: one number N = the first N layers (official), several = those indices",
     )
     p.add_argument("--freeze-backbone", action="store_true", help="freeze the backbone layers")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--cache", action="store_true", help="cache decoded images in RAM")
-    p.add_argument("--noautoanchor", action="store_true")
-    p.add_argument("--patience", type=int, default=0, help="early stopping patience in epochs (0 = off)")
-    p.add_argument("--close-mosaic", type=int, default=0, help="no mosaic/mixup in the last N epochs")
-    p.add_argument("--eval-interval", type=int, default=1)
-    p.add_argument("--save-period", type=int, default=0)
-    p.add_argument("--sync-bn", action="store_true")
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--cache", dest="cache_images", action=_BOOL, help="cache decoded images in RAM")
+    p.add_argument("--autoanchor", action=_BOOL, help="check and evolve anchors before training (default on)")
+    p.add_argument("--noautoanchor", dest="autoanchor", action="store_false", help="same as --no-autoanchor")
+    p.add_argument(
+        "--patience",
+        type=int,
+        help="early stopping: stop when this many epochs passed since the best evaluated epoch, looked at "
+        "each evaluation (0 = off, the default)",
+    )
+    p.add_argument("--close-mosaic", type=int, help="no mosaic/mixup in the last N epochs")
+    p.add_argument("--eval-interval", type=int, help="evaluate every N epochs (and after the last; default 1)")
+    p.add_argument("--eval-conf", type=float, help="confidence threshold of the evaluation (default 0.001)")
+    p.add_argument("--eval-iou", type=float, help="NMS IoU of the evaluation (default 0.65)")
+    p.add_argument("--val-split", help="split to evaluate on (default val; then test, then train)")
+    p.add_argument("--train-split", help="split to train on (default train)")
+    p.add_argument("--save-period", type=int, help="also keep weights/epochN.pt every N epochs")
+    p.add_argument("--sync-bn", action=_BOOL)
     p.add_argument(
         "--objectness-every",
         type=int,
-        default=0,
         help="save lead/aux objectness maps of a fixed val image every N epochs",
     )
-    p.add_argument("--max-steps", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--plots", choices=("all", "html", "none"), help="all (HTML, PNG at the end; default) | html | none")
+    p.add_argument("--max-steps", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--progress", action=_BOOL, help="progress bars (default on)")
     p.set_defaults(func=run_train)
 
     v = sub.add_parser("val", help="evaluate a checkpoint with COCO metrics (pycocotools)")
@@ -96,14 +107,83 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.set_defaults(func=run_val)
 
 
+# flags that are TrainConfig fields under the same name (dashes as underscores)
+_FIELDS = (
+    "data", "model", "width", "weights", "aux", "epochs", "img", "batch", "device", "out", "name", "hyp", "workers",
+    "seed", "optimizer", "lr_schedule", "nbs", "warmup_min_iters", "ema", "amp", "bf16", "channels_last",
+    "multi_scale", "image_weights", "label_smoothing", "cache_images", "autoanchor", "patience", "close_mosaic",
+    "eval_interval", "eval_conf", "eval_iou", "val_split", "train_split", "save_period", "sync_bn",
+    "objectness_every", "plots", "max_steps", "progress",
+)  # fmt: skip
+
+
 def _overrides(items: list[str]) -> dict[str, float]:
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = float(value)
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--set {item}: the value must be a number") from None
     return out
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """TrainConfig fields from ``path``: a run directory's config.json (``{"config": {...}, ...}``) or a file
+    holding the fields themselves. ``ValueError`` naming the file for anything else."""
+    import json
+    from pathlib import Path
+
+    from core.train import TrainConfig
+
+    try:
+        payload = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--config {path}: not a readable JSON file ({exc})") from None
+    fields = payload.get("config", payload) if isinstance(payload, dict) else None
+    if not isinstance(fields, dict):
+        raise ValueError(f"--config {path}: expected a JSON object of training settings")
+    try:
+        TrainConfig.from_dict({"data": "", **fields})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"--config {path}: {exc}") from None
+    return dict(fields)
+
+
+def config_from_args(args: argparse.Namespace) -> object:
+    """The TrainConfig of a new run: TrainConfig's defaults, then ``--config``, then the flags given."""
+    from pathlib import Path
+
+    from core.train import TrainConfig
+
+    given = vars(args)
+    fields: dict[str, Any] = read_config_file(given["config"]) if "config" in given else {}
+    fields.update({k: given[k] for k in _FIELDS if k in given})
+    if "set" in given:
+        fields["hyp_overrides"] = {**dict(fields.get("hyp_overrides") or {}), **_overrides(given["set"])}
+    if not fields.get("data"):
+        raise ValueError("--data is required (or --config FILE.json holding it)")
+    model = str(fields.get("model", TrainConfig.model))
+    fields.setdefault("out", f"runs/{model}")
+    data = Path(str(fields["data"]))
+    if data.exists():  # absolute, so that a resume from another working directory finds it
+        fields["data"] = str(data.resolve())
+    if "freeze" in given or given.get("freeze_backbone"):
+        freeze_arg = list(given.get("freeze", []))
+        freeze = list(range(freeze_arg[0])) if len(freeze_arg) == 1 else freeze_arg
+        if given.get("freeze_backbone"):
+            import torch
+
+            from core.models import build_model
+
+            with torch.device("meta"):
+                freeze = sorted(set(freeze) | set(range(build_model(model, 1).backbone_end)))
+        fields["freeze"] = freeze
+    return TrainConfig.from_dict(fields)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -112,47 +192,27 @@ def run_train(args: argparse.Namespace) -> int:
     from core.train import TrainConfig, Trainer
     from core.train.rundir import RunDir
     from core.train.setup import read_resume_checkpoint
+    from core.train.trainer import run_root
 
     resume = None
-    if args.resume:
-        target = Path(args.resume) if isinstance(args.resume, str) else Path(args.out or "")
-        if not str(target) or not target.exists():
-            print("error: --resume needs a run directory (--out DIR or --resume DIR)", file=sys.stderr)
-            return 2
-        ckpt = read_resume_checkpoint(target)
-        cfg = TrainConfig.from_dict(ckpt["train"]["config"])
-        if args.epochs != 100 and args.epochs > cfg.epochs:
-            print(f"note: the resumed run keeps its schedule of {cfg.epochs} epochs", file=sys.stderr)
-        resume = target
-        if (RunDir(cfg.out).read_status() or {}).get("state") == "finished":
-            print(f"{cfg.out}: the run already finished", file=sys.stderr)
-            return 0
-    else:
-        if not args.data:
-            print("error: --data is required", file=sys.stderr)
-            return 2
-        freeze = list(range(args.freeze[0])) if len(args.freeze) == 1 else list(args.freeze)
-        if args.freeze_backbone:
-            import torch
-
-            from core.models import build_model
-
-            with torch.device("meta"):
-                freeze = sorted(set(freeze) | set(range(build_model(args.model, 1).backbone_end)))
-        cfg = TrainConfig(
-            data=args.data, model=args.model, width=args.width, out=args.out or f"runs/{args.model}",
-            weights=args.weights,
-            aux=args.aux, epochs=args.epochs, img=args.img, batch=args.batch, device=args.device, hyp=args.hyp,
-            hyp_overrides=_overrides(args.set), workers=args.workers, seed=args.seed, optimizer=args.optimizer,
-            lr_schedule=args.lr_schedule, nbs=args.nbs, warmup_min_iters=args.warmup_min_iters, ema=not args.no_ema,
-            bf16=args.bf16, channels_last=not args.no_channels_last, multi_scale=args.multi_scale,
-            image_weights=args.image_weights, freeze=tuple(freeze),
-            label_smoothing=args.label_smoothing, cache_images=args.cache, autoanchor=not args.noautoanchor,
-            patience=args.patience, close_mosaic=args.close_mosaic, eval_interval=args.eval_interval,
-            save_period=args.save_period, sync_bn=args.sync_bn, objectness_every=args.objectness_every,
-            max_steps=args.max_steps, progress=not args.no_progress,
-        )  # fmt: skip
+    given = vars(args)
     try:
+        if given.get("resume"):
+            target = Path(args.resume) if isinstance(args.resume, str) else Path(given.get("out", ""))
+            if not str(target) or str(target) == "." or not target.exists():
+                print("error: --resume needs a run directory (--out DIR or --resume DIR)", file=sys.stderr)
+                return 2
+            ckpt = read_resume_checkpoint(target)
+            cfg = TrainConfig.from_dict(ckpt["train"]["config"])
+            if given.get("epochs", cfg.epochs) != cfg.epochs:
+                print(f"note: the resumed run keeps its schedule of {cfg.epochs} epochs", file=sys.stderr)
+            resume = target
+            root = run_root(target) or Path(cfg.out)
+            if (RunDir(root).read_status() or {}).get("state") == "finished":
+                print(f"{root}: the run already finished", file=sys.stderr)
+                return 0
+        else:
+            cfg = config_from_args(args)  # type: ignore[assignment]
         status = Trainer(cfg, resume=resume).fit()
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -80,5 +80,8 @@ class TrainConfig:
         return cls(**d)
 
     def write(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        """Write ``{"config": fields, **extra}`` atomically (the run directory's config.json)."""
+        from core.train.rundir import atomic_write_text
+
         payload = {"config": self.to_dict(), **(extra or {})}
-        Path(path).write_text(json.dumps(payload, indent=1, default=str))
+        atomic_write_text(Path(path), json.dumps(payload, indent=1, default=str))

@@ -122,14 +122,16 @@ def confusion_figure(result: Any) -> go.Figure:
 
 
 def save_figure(fig: go.Figure, path_no_suffix: Path, png: bool = True) -> list[Path]:
-    """Write ``.html`` (plotly.js inlined, works offline) and ``.png`` (kaleido; skipped if no browser)."""
+    """Write ``.html`` (plotly.js inlined, works offline) and ``.png`` (kaleido; skipped if no browser), each
+    atomically: a front end may be showing the previous version while the run writes the next."""
     from core.data.figures import ensure_browser_path
+    from core.train.rundir import atomic_write_bytes, atomic_write_text
 
     out = [path_no_suffix.with_suffix(".html")]
-    fig.write_html(out[0], include_plotlyjs=True, full_html=True)
+    atomic_write_text(out[0], fig.to_html(include_plotlyjs=True, full_html=True))
     if png and ensure_browser_path():
         try:
-            fig.write_image(path_no_suffix.with_suffix(".png"), scale=1)
+            atomic_write_bytes(path_no_suffix.with_suffix(".png"), fig.to_image(format="png", scale=1))
             out.append(path_no_suffix.with_suffix(".png"))
         except Exception:  # noqa: BLE001 - a missing/broken browser must not fail a training run
             pass

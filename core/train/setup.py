@@ -7,14 +7,48 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from core.train.config import TrainConfig
+
+T = TypeVar("T")
+
+
+class StopTraining(Exception):
+    """Raised to end the run cleanly (stop request, step limit), also from setup and evaluation."""
+
+
+def interruptible(fn: Callable[[], T], should_stop: Callable[[], bool] | None, what: str, poll_s: float = 0.2) -> T:
+    """``fn()``, run in a helper thread so that ``should_stop()`` is polled meanwhile; ``StopTraining`` when
+    it turns true (the helper thread is left to finish in the background: it only reads files)."""
+    if should_stop is None:
+        return fn()
+    if should_stop():
+        raise StopTraining(f"stop requested during {what}")
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name=f"yolov7-studio {what}", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(poll_s)
+        if worker.is_alive() and should_stop():
+            raise StopTraining(f"stop requested during {what}")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 # -- distributed ------------------------------------------------------------------------------------------------
@@ -50,11 +84,14 @@ def wrap_distributed(model: nn.Module, device: torch.device, sync_bn: bool, worl
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, output_device=device.index if ids else None)
 
 
-def cleanup_distributed() -> None:
+def cleanup_distributed(ok: bool = True) -> None:
+    """End the process group. After an error no barrier: the other ranks may never reach it (they end
+    through the broken connection, or torchrun ends them)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if ok:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -88,13 +125,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # -- data ------------------------------------------------------------------------------------------------------------
-def prepare_dataset(cfg: TrainConfig, log: Any) -> tuple[Any, dict[str, Any]]:
-    """Load and check the dataset; returns the cleaned dataset and a summary. Clear errors for unusable data."""
+def prepare_dataset(
+    cfg: TrainConfig, log: Any, should_stop: Callable[[], bool] | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """Load and check the dataset; returns the cleaned dataset and a summary. Clear errors for unusable data.
+
+    ``should_stop`` is polled while the dataset is read and every image decoded (``StopTraining`` when true).
+    """
     from core.data.check import check_dataset
     from core.data.load import load_dataset
 
-    dataset = load_dataset(cfg.data)
-    report = check_dataset(dataset, decode=True)
+    dataset = interruptible(lambda: load_dataset(cfg.data), should_stop, "setup (reading the dataset)")
+    report = interruptible(
+        lambda: check_dataset(dataset, decode=True), should_stop, "setup (decoding the dataset's images)"
+    )
     ds = report.dataset
     if not ds.images:
         raise ValueError(
@@ -289,23 +333,62 @@ def close_progress(pbar: Any) -> None:
         pbar.close()
 
 
-def evaluate_model(
-    model: Any, dataset: Any, cfg: TrainConfig, device: torch.device, save_json: str | Path | None = None
-) -> Any:
-    from core.eval import evaluate
-    from core.nms import NmsConfig
+class _StoppableLoader:
+    """A loader that raises ``StopTraining`` before the next batch once ``should_stop()`` is true."""
 
-    return evaluate(
+    def __init__(self, loader: Any, should_stop: Callable[[], bool], what: str) -> None:
+        self.loader, self.should_stop, self.what = loader, should_stop, what
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            if self.should_stop():
+                raise StopTraining(f"stop requested during {self.what}")
+            yield batch
+
+
+def evaluate_model(
+    model: Any,
+    dataset: Any,
+    cfg: TrainConfig,
+    device: torch.device,
+    save_json: str | Path | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    what: str = "evaluation",
+) -> Any:
+    """Evaluate on ``val_split``; ``should_stop`` is checked before every batch (``StopTraining`` when true).
+    ``save_json``: the COCO results list, written atomically."""
+    import json
+
+    from core.data.loader import create_val_loader
+    from core.eval import evaluate
+    from core.models import Yolo
+    from core.nms import NmsConfig
+    from core.train.rundir import atomic_write_text
+
+    split = val_split(cfg, dataset)
+    batch_size = max(cfg.batch, 8)
+    workers = min(cfg.workers, 2)
+    stride = max(model.head.strides) if isinstance(model, Yolo) else 32
+    loader: Any = create_val_loader(dataset, cfg.img, batch_size, workers, split=split, stride=max(int(stride), 32))
+    if should_stop is not None:
+        loader = _StoppableLoader(loader, should_stop, what)
+    result = evaluate(
         model,
         dataset,
-        val_split(cfg, dataset),
+        split,
         img_size=cfg.img,
-        batch_size=max(cfg.batch, 8),
-        workers=min(cfg.workers, 2),
+        batch_size=batch_size,
+        workers=workers,
         nms=NmsConfig(conf=cfg.eval_conf, iou=cfg.eval_iou, multi_label=True),
         device=device,
-        save_json=save_json,
+        loader=loader,
     )
+    if save_json is not None:
+        atomic_write_text(Path(save_json), json.dumps(result.detections))
+    return result
 
 
 # -- image weights -------------------------------------------------------------------------------------------------

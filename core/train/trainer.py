@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,20 @@ from core.train.ema import ModelEMA
 from core.train.hooks import Hook, StatusHook
 from core.train.optim import accumulation, apply_warmup, build_optimizer, lr_lambda, warmup_iterations
 from core.train.plots import PlotHook
-from core.train.rundir import RunDir
+from core.train.rundir import HEARTBEAT_S, RunDir
+from core.train.setup import StopTraining
 
 LOSS_COLUMNS = ("box", "obj", "cls", "aux_box", "aux_obj", "aux_cls", "total")
 
 
-class StopTraining(Exception):
-    """Raised inside the loop to end the run cleanly (stop request, step limit)."""
+def run_root(resume: Path) -> Path | None:
+    """The run directory a resume target belongs to: the directory itself, or ``<run>`` of
+    ``<run>/weights/*.pt``; None for a loose checkpoint file."""
+    if resume.is_dir():
+        return resume
+    if resume.parent.name == "weights":
+        return resume.parent.parent
+    return None
 
 
 def fitness(metrics: dict[str, float]) -> float:
@@ -39,7 +47,13 @@ def fitness(metrics: dict[str, float]) -> float:
 
 
 class Trainer:
-    """One training run (see the module docstring). ``hooks`` observe it; ``log`` receives text lines."""
+    """One training run (see the module docstring). ``hooks`` observe it; ``log`` receives text lines.
+
+    A resumed run continues in the run directory it is resumed from (``resume``: the directory or its
+    ``weights/last.pt``), whatever ``cfg.out`` says, so a moved run or another working directory works.
+    """
+
+    heartbeat_s = HEARTBEAT_S
 
     def __init__(
         self, cfg: TrainConfig, *, hooks: list[Hook] | None = None, resume: str | Path | None = None, log: Any = print
@@ -53,7 +67,8 @@ class Trainer:
         self.iteration = 0
         self.last_opt_step = -1
         self.best_fitness = -1.0
-        self.bad_epochs = 0
+        self.best_epoch = 0  # 1-based epoch of best_fitness (0: none evaluated yet)
+        self.bad_epochs = 0  # epochs since best_epoch, counted at evaluations (early stopping)
         self.metrics: dict[str, float] = {}
         self.images_per_s = 0.0
         self._loss_sums = torch.zeros(len(LOSS_COLUMNS))
@@ -61,6 +76,10 @@ class Trainer:
         self._stop_reason: str | None = None
         self.rank, self.world = S.distributed_rank_world()
         self.is_main = self.rank == 0
+        self._owns_run = False  # set once this (main) process has claimed the run directory
+        self._joined = False  # every rank got through setup (so the run directory is this run's on every rank)
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat_thread: threading.Thread | None = None
         if cfg.objectness_every > 0:  # lead/aux objectness maps of a fixed val image (core.explore.training)
             from core.explore.training import ObjectnessHook
 
@@ -70,7 +89,26 @@ class Trainer:
     def log(self, message: str) -> None:
         if self.is_main:
             self._print(message)
-            self.run.log(message)
+            if self._owns_run:
+                self.run.log(message)
+
+    def _stop_checker(self) -> Any:
+        """``should_stop`` for an evaluation starting now: None (not interruptible) when a stop is already
+        under way (the epoch's evaluation then runs, as before); else true once a new stop is asked for."""
+        reason = self._stop_reason
+        if reason is not None and not reason.startswith("early stop"):
+            return None
+
+        def check() -> bool:
+            return (self.is_main and self.run.stop_requested()) or self._stop_reason is not reason
+
+        return check
+
+    def should_stop(self) -> bool:
+        """A stop was asked for (signal, or the STOP file seen by rank 0)."""
+        if self._stop_reason is None and self.is_main and self._owns_run and self.run.stop_requested():
+            self._stop_reason = "stop requested"
+        return self._stop_reason is not None
 
     def running_losses(self) -> dict[str, float]:
         n = max(self._loss_count, 1)
@@ -79,18 +117,25 @@ class Trainer:
     # -- setup ---------------------------------------------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.cfg
+        root = run_root(self.resume_from) if self.resume_from is not None else None
+        if root is not None and Path(cfg.out) != root:
+            cfg = self.cfg = cfg.replace(out=str(root))
         self.run = RunDir(cfg.out)
-        if self.is_main and self.resume_from is None and (self.run.last.exists() or self.run.results.exists()):
-            raise ValueError(
-                f"{cfg.out} already holds a run (weights/last.pt or results.csv): resume it with "
-                "--resume, or choose another --out"
-            )
         if self.is_main:
+            self.run.claim()  # refuses (touching nothing) when another live process holds the directory
+            if self.resume_from is None and self.run.holds_run():
+                self.run.release()
+                raise ValueError(
+                    f"{cfg.out} already holds a run (weights/last.pt or results.csv): resume it with "
+                    "--resume, or choose another --out"
+                )
+            self._owns_run = True
             self.run.create()
             self.run.clear_stop()
             if self.resume_from is None:
                 self.run.status_file.unlink(missing_ok=True)
             self.run.write_status("queued", message="setting up", epochs=cfg.epochs)
+            self._start_heartbeat()
         self.device = S.training_device(cfg.device, self.rank)
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)  # denormal activations/gradients can slow CPU convolutions ~10x
@@ -100,7 +145,7 @@ class Trainer:
                     "emulates it and training runs several times slower than fp32"
                 )
         S.seed_everything(cfg.seed + self.rank)
-        self.dataset, self.data_report = S.prepare_dataset(cfg, self.log)
+        self.dataset, self.data_report = S.prepare_dataset(cfg, self.log, self.should_stop)
         self.hyp = S.resolve_hyp(cfg)
         ckpt = S.read_resume_checkpoint(self.resume_from) if self.resume_from else None
         self.model, note = S.build_or_load_model(cfg, self.dataset, ckpt)
@@ -137,6 +182,9 @@ class Trainer:
             self._restore(ckpt)
         if cfg.sync_bn and self.world > 1 and self.device.type != "cuda":
             self.log("note: --sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel): plain BN per process")
+        if S.sync_flag(self.should_stop(), self.world):  # every rank reaches this point: stop them together
+            raise StopTraining(f"{self._stop_reason or 'stop requested'} during setup")
+        self._joined = True
         self.net: nn.Module = S.wrap_distributed(self.model, self.device, cfg.sync_bn, self.world)
         extra = {
             "hyp": self.hyp.to_dict(),
@@ -165,7 +213,8 @@ class Trainer:
         return {
             "config": self.cfg.to_dict(), "hyp": self.hyp.to_dict(), "epoch": self.epoch, "step": self.step,
             "iteration": self.iteration, "last_opt_step": self.last_opt_step, "best_fitness": self.best_fitness,
-            "bad_epochs": self.bad_epochs, "metrics": self.metrics, "scheduler": self.scheduler.state_dict(),
+            "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "metrics": self.metrics,
+            "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "ema_state": None if self.ema is None else
             {"updates": self.ema.updates, "decay": self.ema.decay_max, "tau": self.ema.tau},
             "rng": S.rng_state(), "loss_sums": self._loss_sums.tolist(), "loss_count": self._loss_count,
@@ -194,6 +243,14 @@ class Trainer:
         self.epoch, self.step, self.iteration = int(st["epoch"]), int(st["step"]), int(st["iteration"])
         self.last_opt_step, self.best_fitness = int(st["last_opt_step"]), float(st["best_fitness"])
         self.bad_epochs, self.metrics = int(st["bad_epochs"]), dict(st["metrics"])
+        self.best_epoch = int(st.get("best_epoch", max(self.epoch - self.bad_epochs, 0)))
+        if self.step >= self.steps_per_epoch:  # stopped during the epoch's evaluation: its training is done
+            from core.data.augment import LabelCounts
+
+            keys = ("input", "kept", "cropped", "filtered")
+            self.train_loader.history = {
+                int(k): LabelCounts(*(int(v[f]) for f in keys)) for k, v in st.get("label_counts", {}).items()
+            }
         self._loss_sums = torch.tensor(st["loss_sums"])
         self._loss_count = int(st["loss_count"])
         S.set_rng_state(st["rng"])
@@ -201,33 +258,78 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Train (setting up first); returns the final status. Errors set status 'failed' and re-raise."""
-        state, message = "finished", "done"
+        """Train (setting up first); returns the final status. Errors set status 'failed' and re-raise; a
+        refused launch (the directory holds a run, or another process uses it) raises and touches nothing."""
+        state, message, in_step = "finished", "done", False
         try:
-            self.setup()
-            with self._signals():
-                self._call("before_train")
-                self._loop()
-                if self.is_main and (not self._stop_reason or self._stop_reason.startswith("early stop")):
-                    self._final_eval()
-            if self._stop_reason:
-                state = "stopped" if not self._stop_reason.startswith("early stop") else "finished"
-                message = self._stop_reason
-        except StopTraining as stop:
-            state, message = "stopped", str(stop)
-        except Exception as exc:
-            if hasattr(self, "run") and self.is_main:
-                self.run.write_status("failed", message=f"{type(exc).__name__}: {exc}")
-                self.run.log(f"FAILED: {type(exc).__name__}: {exc}")
-            raise
+            try:
+                with self._signals():
+                    self.setup()
+                    self._call("before_train")
+                    self._loop()
+                    in_step = True  # every rank left the loop at the same (synchronised) point
+                    if self.is_main and (not self._stop_reason or self._stop_reason.startswith("early stop")):
+                        self._final_eval()
+                if self._stop_reason:
+                    state = "stopped" if not self._stop_reason.startswith("early stop") else "finished"
+                    message = self._stop_reason
+            except StopTraining as stop:
+                state, message = "stopped", str(stop)
+            except BaseException as exc:
+                self._stop_heartbeat()
+                self._record_failure(exc)
+                raise
+            finally:
+                self._stop_heartbeat()
+                S.cleanup_distributed(ok=in_step)
+            if self.is_main:
+                self._call("after_train")
+                final = self.run.write_status(state, message=message, epoch=self.epoch, metrics=self.metrics)
+                self.log(f"{state}: {message}")
+                return final
+            return {"state": state, "message": message}
         finally:
-            S.cleanup_distributed()
-        if self.is_main:
-            self._call("after_train")
-            final = self.run.write_status(state, message=message, epoch=self.epoch, metrics=self.metrics)
-            self.log(f"{state}: {message}")
-            return final
-        return {"state": state, "message": message}
+            if self._owns_run:
+                self.run.release()
+
+    def _record_failure(self, exc: BaseException) -> None:
+        """Mark the run failed (or stopped, for a second Ctrl-C); any rank may, the first error's message wins."""
+        if not hasattr(self, "run") or (self.is_main and not self._owns_run):
+            return  # refused launch: the directory belongs to another run
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        state = "stopped" if interrupted else "failed"
+        message = (
+            "interrupted (second Ctrl-C): resume continues from the last checkpoint"
+            if interrupted
+            else f"{type(exc).__name__}: {exc}"
+        )
+        current = self.run.read_status() or {}
+        if current.get("state") == "failed" and current.get("failed_rank", 0) != self.rank:
+            return  # another rank failed first: its message is the cause, ours the consequence
+        if not self.is_main:
+            if not self._joined or current.get("state") not in ("running", "queued"):
+                return  # the status may not be this run's (rank 0 refused the launch), or the run has ended
+            message = f"rank {self.rank}: {message}"
+        with contextlib.suppress(OSError):
+            self.run.write_status(state, message=message, failed_rank=self.rank)
+            self.run.log(f"{'STOPPED' if interrupted else 'FAILED'}: {message}")
+
+    def _start_heartbeat(self) -> None:
+        """Refresh ``heartbeat`` in status.json every ``heartbeat_s`` seconds until the run ends."""
+
+        def beat() -> None:
+            while not self._heartbeat_stop.wait(self.heartbeat_s):
+                with contextlib.suppress(OSError):
+                    self.run.heartbeat()
+
+        self._heartbeat_thread = threading.Thread(target=beat, name="yolov7-studio heartbeat", daemon=True)
+        self._heartbeat_thread.start()
+
+    def _stop_heartbeat(self) -> None:
+        self._heartbeat_stop.set()
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join()
+            self._heartbeat_thread = None
 
     def _loop(self) -> None:
         cfg = self.cfg
@@ -260,7 +362,7 @@ class Trainer:
             self.train_loader, nb, f"epoch {self.epoch + 1}/{cfg.epochs}", cfg.progress and self.is_main, start
         )
         t_epoch, seen = time.perf_counter(), 0
-        for i, batch in enumerate(pbar):
+        for i, batch in enumerate(pbar if start < nb else ()):  # start == nb: resumed before the evaluation
             if i < start:
                 continue  # resuming mid-epoch: the skipped batches were already trained on
             ni = i + nb * self.epoch
@@ -315,8 +417,7 @@ class Trainer:
         S.close_progress(pbar)
 
     def _check_stop(self) -> bool:
-        if self._stop_reason is None and self.is_main and self.run.stop_requested():
-            self._stop_reason = "stop requested"
+        self.should_stop()
         if self._stop_reason is None and self.cfg.max_steps and self.iteration >= self.cfg.max_steps:
             self._stop_reason = f"stopped after max_steps={self.cfg.max_steps}"
         if S.sync_flag(self._stop_reason is not None, self.world) and self._stop_reason is None:
@@ -325,28 +426,40 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         cfg = self.cfg
-        lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.scheduler.step()
         epoch = self.epoch
         last = epoch + 1 == cfg.epochs
+        evaluated = self.is_main and (last or (epoch + 1) % max(cfg.eval_interval, 1) == 0)
+        if evaluated:
+            try:
+                result = S.evaluate_model(
+                    self.ema.ema if self.ema else self.model, self.dataset, cfg, self.device,
+                    should_stop=self._stop_checker(), what=f"the evaluation after epoch {epoch + 1}",
+                )  # fmt: skip
+            except StopTraining as stop:
+                self._stop_reason = str(stop)
+                self.save(self.run.last)  # the epoch is trained, not evaluated: a resume starts with its evaluation
+                self.log(f"{stop}: saved {self.run.last} before the evaluation of epoch {epoch + 1}")
+                self._check_stop()  # the other ranks wait there
+                return
+            self.metrics = result.row()
+            self.last_eval = result
+            self.log(result.summary())
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.scheduler.step()
         row: dict[str, Any] = {"epoch": epoch + 1}
         row.update({k: v for k, v in self.running_losses().items()})
         row.update({f"lr{j}": lr for j, lr in enumerate(lrs)})
         counts = self.train_loader.label_counts(epoch)
         row["labels_lost_share"] = counts.lost_share
-        if self.is_main and (last or (epoch + 1) % max(cfg.eval_interval, 1) == 0):
-            result = S.evaluate_model(self.ema.ema if self.ema else self.model, self.dataset, cfg, self.device)
-            self.metrics = result.row()
+        if evaluated:
             row.update(self.metrics)
-            self.last_eval = result
-            self.log(result.summary())
         fit = fitness(self.metrics) if self.metrics else -1.0
         row["fitness"] = fit
-        improved = fit > self.best_fitness
+        improved = evaluated and fit > self.best_fitness
         if improved:
-            self.best_fitness, self.bad_epochs = fit, 0
-        else:
-            self.bad_epochs += 1
+            self.best_fitness, self.best_epoch = fit, epoch + 1
+        if evaluated:  # patience counts epochs since the best evaluated epoch, looked at only when evaluating
+            self.bad_epochs = epoch + 1 - self.best_epoch
         self.epoch, self.step = epoch + 1, 0
         self.log(
             f"epoch {epoch + 1}/{cfg.epochs}: "
@@ -361,26 +474,36 @@ class Trainer:
                 self.save(self.run.best)
             if cfg.save_period and (epoch + 1) % cfg.save_period == 0:
                 self.save(self.run.weights / f"epoch{epoch + 1}.pt")
-        if cfg.patience and self.bad_epochs >= cfg.patience and not last:
-            self._stop_reason = f"early stop: no improvement for {cfg.patience} epochs"
+        if evaluated and cfg.patience and self.bad_epochs >= cfg.patience and not last:  # rank 0 decides ...
+            self._stop_reason = (
+                f"early stop: no improvement in the {self.bad_epochs} epochs since epoch {self.best_epoch} "
+                f"(patience {cfg.patience})"
+            )
         self._call("after_epoch")
-        self._check_stop()
+        self._check_stop()  # ... and this tells every rank
 
     def _final_eval(self) -> None:
         """Evaluate best.pt (EMA weights) once more and export its predictions as COCO results JSON."""
         import json
 
         from core.checkpoint.io import load_model
+        from core.train.rundir import atomic_write_text
 
         if not self.run.best.exists():
             return
         best = load_model(self.run.best).model
         split = S.val_split(self.cfg, self.dataset)
-        result = S.evaluate_model(
-            best, self.dataset, self.cfg, self.device, save_json=self.run.root / f"predictions_{split}.json"
-        )
+        try:
+            result = S.evaluate_model(
+                best, self.dataset, self.cfg, self.device, save_json=self.run.root / f"predictions_{split}.json",
+                should_stop=self._stop_checker(), what="the final evaluation of best.pt",
+            )  # fmt: skip
+        except StopTraining as stop:
+            self._stop_reason = f"{stop} (resume to run it)"
+            return
         self.last_eval = result
-        (self.run.root / "metrics.json").write_text(
+        atomic_write_text(
+            self.run.root / "metrics.json",
             json.dumps(
                 {
                     "split": split,
@@ -394,7 +517,7 @@ class Trainer:
                 },
                 indent=1,
                 default=str,
-            )
+            ),
         )
         self.log(f"best.pt on '{split}':\n{result.coco.summary}{result.summary()}")
 
