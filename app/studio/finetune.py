@@ -1,11 +1,195 @@
-"""Studio tab (placeholder until its module is written)."""
+"""Fine-tune (no code): start, follow and stop trainings; download best.pt, the deploy checkpoint and ONNX.
+
+Layout and wiring only: the work is done by :class:`app.jobs.JobRunner` (``ctx.jobs``) and
+:mod:`app.services.training`. Endpoints: ``/start_training`` (form in, status JSON out), ``/training_status``
+(run name in, status JSON out), ``/stop_training`` (run name in, status JSON out). A ``gr.Timer`` follows the
+selected run every 2 s (status.json, results.csv, train.log).
+"""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import gradio as gr
 
+from app.jobs import RECIPES, JobError
+from app.services import training as T
 from app.studio.context import StudioContext
+from core.models import list_models
+
+DEFAULT_EPOCHS, DEFAULT_IMG, DEFAULT_BATCH = 30, 320, 16
+LOG_LINES = 25
+
+
+def _run_choices(ctx: StudioContext) -> list[tuple[str, str]]:
+    return [(f"{j['name']} ({j['state']})", j["name"]) for j in ctx.jobs.list_jobs()]
 
 
 def build(ctx: StudioContext) -> None:
-    gr.Markdown("This tab is being built.")
+    jobs = ctx.jobs
+    if jobs is None:  # pragma: no cover - make_context always gives one
+        gr.Markdown("The job runner is not available in this studio.")
+        return
+    recipe_help = "  \n".join(f"**{k}**: {v}" for k, v in RECIPES.items())
+
+    # -- plain functions behind the endpoints ------------------------------------------------------------------
+    def start_training(
+        dataset: str, checkpoint: str, from_scratch: bool, variant: str, aux: bool, epochs: float, img: float,
+        batch: float, recipe: str, name: str,
+    ) -> dict[str, Any]:  # fmt: skip
+        try:
+            req = T.request_from_form(dataset, checkpoint, from_scratch, variant, aux, epochs, img, batch, recipe, name)
+            return jobs.start(req)
+        except (JobError, ValueError) as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+
+    def training_status(name: str) -> dict[str, Any]:
+        try:
+            return jobs.status(name, log_lines=LOG_LINES)
+        except JobError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+
+    def stop_training(name: str) -> dict[str, Any]:
+        try:
+            return jobs.stop(name)
+        except JobError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+
+    # -- layout ----------------------------------------------------------------------------------------------------
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=300):
+            gr.Markdown("### New training")
+            dataset = gr.Dropdown(
+                ctx.dataset_choices(), value="demo", label="Dataset", allow_custom_value=True,
+                info="the demo, an uploaded dataset (Data tab) or a linked folder",
+            )  # fmt: skip
+            checkpoint = gr.Dropdown(
+                ctx.checkpoint_choices(), value="demo", label="Start checkpoint", allow_custom_value=True,
+                info="demo, a run's best.pt, or an uploaded .pt (official YOLOv7 files too)",
+            )  # fmt: skip
+            from_scratch = gr.Checkbox(False, label="From scratch (ignore the start checkpoint)")
+            variant = gr.Dropdown(
+                list_models(), value="yolov7-tiny", label="Variant", interactive=False,
+                info="for training from scratch; a start checkpoint brings its own architecture",
+            )  # fmt: skip
+            aux = gr.Checkbox(True, label="Auxiliary head (coarse positives, YOLOv7's lead-guided training)")
+            with gr.Row():
+                epochs = gr.Number(DEFAULT_EPOCHS, label="Epochs", precision=0, minimum=1, maximum=10000)
+                img = gr.Number(DEFAULT_IMG, label="Image size", precision=0, minimum=32, step=32)
+                batch = gr.Number(DEFAULT_BATCH, label="Batch", precision=0, minimum=1, maximum=1024)
+            recipe = gr.Radio(list(RECIPES), value="small-data", label="Recipe preset")
+            gr.Markdown(recipe_help, elem_classes="ys-muted")
+            name = gr.Textbox("", label="Run name (optional)", placeholder="automatic: variant-dataset-time")
+            start_btn = gr.Button("Start training", variant="primary")
+        with gr.Column(scale=3):
+            with gr.Row():
+                run_pick = gr.Dropdown(
+                    _run_choices(ctx), value=None, label="Run (re-attach to any run or queued request)",
+                    allow_custom_value=True, scale=4,
+                )  # fmt: skip
+                refresh_btn = gr.Button("Refresh", scale=1)
+                stop_btn = gr.Button("Stop", variant="stop", scale=1)
+            progress = gr.Markdown("Pick a run, or start one.")
+            queue_md = gr.Markdown(T.queue_markdown(jobs.list_jobs()))
+            loss_plot = gr.Plot(label="Losses")
+            with gr.Row():
+                map_plot = gr.Plot(label="mAP")
+                class_plot = gr.Plot(label="Per-class AP")
+            log_box = gr.Textbox(label="train.log (last lines)", lines=10, max_lines=10, autoscroll=True)
+            with gr.Accordion("Downloads", open=True):
+                with gr.Row():
+                    best_file = gr.File(label="best.pt (training form)", interactive=False)
+                    deploy_file = gr.File(label="deploy checkpoint (re-parameterized)", interactive=False)
+                    onnx_file = gr.File(label="ONNX (deploy form)", interactive=False)
+                export_btn = gr.Button("Make the deploy checkpoint and ONNX")
+                check_box = gr.Textbox(label="Self-checks (deploy vs training form, ONNX Runtime vs PyTorch)", lines=4)
+            with gr.Accordion("Status (JSON, as /training_status returns it)", open=False):
+                status_json = gr.JSON(label="status")
+    ended_marker = gr.Number(0, visible=False)  # changes when a followed run ends: the pickers refresh
+    memo = gr.State({})  # what this page last drew: skip redrawing unchanged plots, spot runs that end
+    timer = gr.Timer(2.0)
+
+    # -- wiring ------------------------------------------------------------------------------------------------------
+    def follow(name: str, seen: dict[str, Any]) -> tuple[Any, ...]:
+        """Everything the page shows about ``name`` (skips what has not changed since the last tick)."""
+        all_jobs = jobs.list_jobs()
+        names = [j["name"] for j in all_jobs]
+        picker = gr.update(choices=_run_choices(ctx)) if names != seen.get("names") else gr.skip()
+        if not name:
+            name = next((j["name"] for j in all_jobs if j["state"] in ("starting", "running")), "")
+            if name:
+                picker = gr.update(choices=_run_choices(ctx), value=name)
+        queue = T.queue_markdown(all_jobs)
+        if not name:
+            memo = {"names": names}
+            return picker, "Pick a run, or start one.", queue, *([gr.skip()] * 7), memo
+        try:
+            st = jobs.status(name, log_lines=LOG_LINES)
+        except JobError as exc:
+            return picker, f"**{name}**: {exc}", queue, *([gr.skip()] * 7), {"names": names}
+        rows = st["results"]
+        key = (name, st["state"], len(rows), st["epoch"], st["step"])
+        marker = gr.skip()
+        if (
+            seen.get("name") == name
+            and seen.get("state") in ("starting", "running")
+            and st["state"] not in ("starting", "running")
+        ):
+            marker = time.time()  # the run ended: its checkpoint joins the other tabs' pickers
+        new_memo = {"names": names, "name": name, "state": st["state"], "key": key}
+        if seen.get("key") == key:
+            return picker, T.progress_text(st), queue, *([gr.skip()] * 4), st["log_tail"], st, marker, new_memo
+        files, live = st["files"], st["losses"] if st["state"] == "running" else None
+        return (
+            picker, T.progress_text(st), queue, T.losses_figure(rows, live),
+            T.map_figure(rows), T.per_class_figure(rows, st["metrics"]), files.get("best"), st["log_tail"], st,
+            marker, new_memo,
+        )  # fmt: skip
+
+    follow_outputs = [
+        run_pick, progress, queue_md, loss_plot, map_plot, class_plot, best_file, log_box, status_json, ended_marker,
+        memo,
+    ]  # fmt: skip
+    timer.tick(follow, [run_pick, memo], follow_outputs, api_visibility="private", show_progress="hidden")
+    run_pick.change(lambda n: follow(n, {}), [run_pick], follow_outputs, api_visibility="private")
+
+    from_scratch.change(lambda s: gr.update(interactive=bool(s)), [from_scratch], [variant], api_visibility="private")
+    start_event = start_btn.click(
+        start_training,
+        [dataset, checkpoint, from_scratch, variant, aux, epochs, img, batch, recipe, name],
+        [status_json],
+        api_name="start_training",
+    )
+    start_event.success(
+        lambda st: gr.update(choices=_run_choices(ctx), value=st["name"]), [status_json], [run_pick],
+        api_visibility="private",
+    )  # fmt: skip
+    refresh_btn.click(training_status, [run_pick], [status_json], api_name="training_status").then(
+        lambda n: follow(n, {}), [run_pick], follow_outputs, api_visibility="private"
+    )
+    stop_btn.click(stop_training, [run_pick], [status_json], api_name="stop_training").then(
+        lambda n: follow(n, {}), [run_pick], follow_outputs, api_visibility="private"
+    )
+
+    def make_downloads(name: str) -> tuple[Any, Any, str]:
+        if not name:
+            raise gr.Error("pick a run first", print_exception=False)
+        paths, texts = [], []
+        for form in T.FORMS:
+            try:
+                out = jobs.export(name, form)
+            except (JobError, ValueError, RuntimeError, OSError) as exc:
+                paths.append(None)
+                texts.append(f"{form}: not made: {exc}")
+                continue
+            paths.append(out["path"])
+            texts.append(f"{form}{' (cached)' if out['cached'] else ''}: {out['check']}")
+        return paths[0], paths[1], "\n\n".join(texts)
+
+    export_btn.click(make_downloads, [run_pick], [deploy_file, onnx_file, check_box], api_visibility="private")
+
+    ended = ended_marker.change(lambda: None, None, None, api_visibility="private", queue=False)
+    ctx.dataset_pickers.append(dataset)
+    ctx.checkpoint_pickers.append(checkpoint)
+    ctx.change_events.append(ended)
