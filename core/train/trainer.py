@@ -219,6 +219,9 @@ class Trainer:
             {"updates": self.ema.updates, "decay": self.ema.decay_max, "tau": self.ema.tau},
             "rng": S.rng_state(), "loss_sums": self._loss_sums.tolist(), "loss_count": self._loss_count,
             "label_counts": {int(k): v.to_dict() for k, v in self.train_loader.history.items()},
+            # gradients accumulated since the last optimizer step (an epoch can end between two): resume applies them
+            "pending_grads": {n: p.grad.detach().cpu().clone() for n, p in self.model.named_parameters()
+                              if p.grad is not None},
         }  # fmt: skip
 
     def save(self, path: Path) -> None:
@@ -253,6 +256,10 @@ class Trainer:
             }
         self._loss_sums = torch.tensor(st["loss_sums"])
         self._loss_count = int(st["loss_count"])
+        pending = st.get("pending_grads") or {}
+        for name, p in self.model.named_parameters():  # the next optimizer step applies them, as without the stop
+            if name in pending:
+                p.grad = pending[name].to(p.device)
         S.set_rng_state(st["rng"])
         self.log(f"resumed from {self.resume_from}: epoch {self.epoch + 1}, step {self.step}/{self.steps_per_epoch}")
 
