@@ -199,3 +199,102 @@ def test_official_weights_into_p5_model_with_aux_head(tmp_path: Path, tiny) -> N
     ref.load_state_dict({k: (v.half().float() if v.is_floating_point() else v) for k, v in tiny.state_dict().items()})
     x = torch.rand(1, 3, 64, 64)
     assert torch.allclose(_out(model, x), _out(ref, x), atol=1e-5)
+
+
+# -- official fuse()d models: BN folded, implicit terms already in the head ------------------------------------------
+def _fp16(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with its weights rounded to fp16 as an official file stores them (kept float32)."""
+    sd = model.state_dict()
+    model.load_state_dict({k: (v.half().float() if v.is_floating_point() else v) for k, v in sd.items()})
+    return model
+
+
+def _double_implicit(path: Path) -> torch.nn.Module:
+    """What loading did before: the fused weights in a fused *training* head, which applies ia/im again."""
+    from core.checkpoint.official import load_official
+    from core.models import fuse_blocks
+
+    off = load_official(path)
+    old = fuse_blocks(build_model(identify(off.state_dict).name, 80))
+    old.load_state_dict(off.state_dict, strict=True)
+    return old.eval()
+
+
+@pytest.mark.parametrize("kind", ["stripped", "deploy"])
+def test_official_fused_model_loads_as_the_fused_deploy_form(tmp_path: Path, kind: str) -> None:
+    from core.inference.probe import well_conditioned_
+    from core.models import reparameterize
+    from core.models.fuse import is_fused
+
+    source = well_conditioned_(build_model("yolov7-tiny", 80), seed=3).eval()
+    path = write_official(tmp_path / "fused.pt", source, kind, fuse=True)
+    assert "__builtin__.getattr" in pickled_globals(path)  # forward = fuseforward, pickled by reference
+    loaded = load_model(path)
+    model = loaded.model.eval()
+    assert loaded.kind == "official" and "official fuse()" in loaded.description
+    assert model.deploy and is_fused(model) and type(model.head).__name__ == "Detect"
+    # equal to the official fused model it was written from: fused in float32, then stored as fp16
+    official_fused = _fp16(reparameterize(source))
+    x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    out = _out(model, x)
+    torch.testing.assert_close(out, _out(official_fused, x), rtol=0, atol=1e-4)
+    # and not what a training head makes of it (the implicit terms applied a second time)
+    off_by = (_out(_double_implicit(path), x)[..., :4] - out[..., :4]).abs().max()
+    assert off_by > 5.0, f"double-applied implicit terms only move boxes by {off_by:.2f} px"
+
+
+def test_official_fused_model_equals_the_official_fused_forward(tmp_path: Path, conformance_dir: Path) -> None:
+    """The conformance weights, fused as official fuse() does and saved in float32, give the official output."""
+    import numpy as np
+
+    from core.conformance.forward import load_reference_weights
+
+    data = np.load(conformance_dir / "tiny_forward_kaiming.npz")
+    source = build_model("yolov7-tiny", 80)
+    source.load_state_dict(load_reference_weights(data), strict=True)
+    path = write_official(tmp_path / "fused.pt", source.eval(), "stripped", fuse=True, half=False)
+    model = load_model(path).model
+    x = torch.from_numpy(np.array(data["input"]))
+    out, ref = _out(model, x), torch.from_numpy(data["output_fused"])
+    assert float((out[..., :4] - ref[..., :4]).abs().max()) < 1e-2  # px; FACTS suggests 1e-2 for these weights
+    assert float((out[..., 4:] - ref[..., 4:]).abs().max()) < 1e-5
+    assert float((_out(_double_implicit(path), x)[..., :4] - ref[..., :4]).abs().max()) > 5.0
+
+
+def test_official_fused_deploy_model_loads(tmp_path: Path) -> None:
+    """A deploy model after fuse(): fused Convs carry fuseforward, the Detect head does not."""
+    from core.inference.probe import well_conditioned_
+    from core.models import reparameterize
+
+    source = well_conditioned_(build_model("yolov7-tiny", 80, deploy=True), seed=4).eval()
+    path = write_official(tmp_path / "deploy_fused.pt", source, "deploy", fuse=True)
+    loaded = load_model(path)
+    assert loaded.model.deploy and "fuse()" not in loaded.description
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(_out(loaded.model, x), _out(_fp16(reparameterize(source)), x), rtol=0, atol=1e-4)
+
+
+def test_official_fused_model_with_a_new_class_list_keeps_the_folded_head(tmp_path: Path) -> None:
+    from core.inference.probe import well_conditioned_
+
+    source = well_conditioned_(build_model("yolov7-tiny", 80), seed=5).eval()
+    path = write_official(tmp_path / "fused.pt", source, "stripped", fuse=True, half=False)
+    loaded = load_model(path, class_names=["person", "car"])
+    assert loaded.model.deploy and loaded.model.nc == 2 and loaded.transfer is not None
+    folded = source.head.folded_convs()[0]
+    w = loaded.model.head.m[0].weight.view(3, 7, -1)
+    torch.testing.assert_close(w[:, :5], folded[0].view(3, 85, -1)[:, :5], rtol=1e-5, atol=1e-6)  # box + obj rows
+
+
+@pytest.mark.slow
+def test_official_fused_p6_model_drops_the_aux_branch(tmp_path: Path) -> None:
+    """w6 after fuse(): IAuxDetect with folded lead convs (layer 122) becomes our deploy Detect at layer 118."""
+    from core.inference.probe import well_conditioned_
+    from core.models import reparameterize
+
+    source = well_conditioned_(build_model("yolov7-w6", 80), seed=6).eval()
+    path = write_official(tmp_path / "w6_fused.pt", source, "deploy", fuse=True)
+    model = load_model(path).model
+    assert model.deploy and not model.aux and len(model.model) == 119
+    x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(_out(model, x), _out(_fp16(reparameterize(source)), x), rtol=0, atol=1e-3)

@@ -7,11 +7,15 @@ A yolov7-studio checkpoint is a dict of plain data, readable with ``torch.load(w
                "spec" (full architecture, for derived variants)},
      "state_dict": {...}, "ema": {...} | None, "train": {...} | None, "optimizer": {...} | None,
      "extra": {...}, "meta": {"version", "torch", "created"}}
+
+Every file is inspected before any torch loading call (:mod:`core.checkpoint.safety`): TorchScript archives
+and anything else that is not a plain pickle checkpoint are refused, and loading reads the inspected bytes.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import os
 import pickle
 import tempfile
@@ -22,8 +26,9 @@ from typing import Any
 import torch
 
 from core import __version__
-from core.checkpoint.identify import identify
-from core.checkpoint.official import UnsafeCheckpointError, load_official
+from core.checkpoint.identify import Variant, head_index, identify
+from core.checkpoint.official import load_official
+from core.checkpoint.safety import NotACheckpointError, UnsafeCheckpointError, read_plain_checkpoint
 from core.checkpoint.transfer import TransferReport, transfer_weights
 from core.models import SPECS, Yolo, build_model, fuse_blocks
 from core.models.specs import spec_from_dict, spec_to_dict
@@ -117,13 +122,30 @@ def save_checkpoint(
     return atomic_save(ckpt, path)
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read one of our checkpoints with ``weights_only=True``; raises :class:`CheckpointError` otherwise."""
-    path = Path(path)
+def _read_checked(path: Path) -> io.BytesIO:
+    """The file's bytes once :mod:`core.checkpoint.safety` accepts them; :class:`CheckpointError` otherwise."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return read_plain_checkpoint(path)
+    except UnsafeCheckpointError as exc:
+        raise CheckpointError(f"{path}: refused: {exc}") from None
+    except NotACheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc})") from None
+
+
+def read_checkpoint(path: str | Path, data: io.BytesIO | None = None) -> dict[str, Any]:
+    """Read one of our checkpoints with ``weights_only=True``; raises :class:`CheckpointError` otherwise.
+
+    ``data``: the file's checked bytes when the caller already has them (see :func:`_read_checked`).
+    """
+    path = Path(path)
+    buf = _read_checked(path) if data is None else data
+    buf.seek(0)
+    try:
+        ckpt = torch.load(buf, map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path}: not a yolov7-studio checkpoint (safe loading refused it: {str(exc).splitlines()[0]})"
@@ -187,19 +209,29 @@ def load_model(
     With ``num_classes``/``class_names`` differing from the checkpoint's (fine-tuning), the class-dependent
     head tensors are re-initialised as described in :mod:`core.checkpoint.transfer`, and the returned
     ``transfer`` report says exactly what was skipped or re-initialised. ``aux`` adds or drops the auxiliary
-    head (its weights are kept when present). Nothing foreign is imported or executed.
+    head (its weights are kept when present). Nothing foreign is imported or executed: the file is inspected
+    first and TorchScript archives (or anything else that is not a plain pickle checkpoint) are refused.
+    An official ``fuse()``d model (implicit terms already in the head) loads as the fused deploy form.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    data = _read_checked(path)
     try:
-        ckpt = read_checkpoint(path)
+        ckpt = read_checkpoint(path, data)
     except CheckpointError as first:
         try:
-            return _load_official(path, num_classes, class_names, aux, map_location)
+            return _load_official(path, data, num_classes, class_names, aux, map_location)
         except UnsafeCheckpointError as exc:
             raise CheckpointError(f"{path}: refused: {exc}") from None
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, AttributeError) as exc:
+        except (
+            pickle.UnpicklingError,
+            RuntimeError,
+            EOFError,
+            ValueError,
+            KeyError,
+            AttributeError,
+            TypeError,
+            IndexError,
+        ) as exc:
             raise CheckpointError(f"{first}; not an official YOLOv7 checkpoint either ({exc})") from None
     rec = ckpt["model"]
     sd = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["state_dict"]
@@ -226,16 +258,39 @@ def load_model(
     return LoadedModel(model.to(map_location), FORMAT, desc, ckpt, report)
 
 
+def _fused_as_deploy(variant: Variant, state_dict: dict[str, torch.Tensor]) -> tuple[Variant, dict[str, torch.Tensor]]:
+    """An official ``fuse()``d training state dict as our fused deploy form.
+
+    Official ``fuse()`` folds BN into the convs and the implicit terms into the head convs (``W*im``,
+    ``(b + W@ia)*im``) but leaves ``ia``/``im`` in the state dict, unused; the aux branch stays too, unused in
+    eval. Loaded into a training head the implicit terms would be applied twice, so the head convs are moved
+    to a plain ``Detect`` as they are and ``ia``/``im``/the aux branch are dropped.
+    """
+    with torch.device("meta"):
+        deploy = fuse_blocks(build_model(variant.name, variant.num_classes, deploy=True))
+    head, train_head = len(deploy.model) - 1, head_index(state_dict)  # type: ignore[arg-type]
+    out: dict[str, torch.Tensor] = {}
+    for key in deploy.state_dict():
+        layer, rest = key.split(".", 2)[1:]
+        out[key] = state_dict[key] if int(layer) < head else state_dict[f"model.{train_head}.{rest}"]
+    return Variant(variant.name, True, True, False, variant.num_classes), out
+
+
 def _load_official(
     path: Path,
+    data: io.BytesIO,
     num_classes: int | None,
     class_names: list[str] | None,
     aux: bool | None,
     map_location: str | torch.device,
 ) -> LoadedModel:
-    off = load_official(path)
+    off = load_official(path, data)
     prefer = "yolov7-tiny-silu" if off.activation == "silu" else None
     variant = identify(off.state_dict, prefer=prefer)
+    state_dict, origin = off.state_dict, variant.describe()
+    if off.fused_head and not variant.deploy:
+        variant, state_dict = _fused_as_deploy(variant, state_dict)
+        origin += ", official fuse() with the implicit terms folded: loaded as the fused deploy form"
     names = off.class_names if off.class_names and len(off.class_names) == variant.num_classes else None
     source = build_model(variant.name, variant.num_classes, deploy=variant.deploy, aux=variant.aux, class_names=names)
     if variant.fused:
@@ -244,12 +299,12 @@ def _load_official(
     want_aux = variant.aux if aux is None else aux
     report = None
     if want_nc == variant.num_classes and want_aux == variant.aux and (class_names is None or class_names == names):
-        source.load_state_dict(off.state_dict, strict=True)
+        source.load_state_dict(state_dict, strict=True)
         model = source
     else:
         model = build_model(variant.name, want_nc, deploy=variant.deploy, aux=want_aux, class_names=class_names)
         if variant.fused:
             fuse_blocks(model)
-        report = transfer_weights(model, off.state_dict, source_names=names)
-    desc = f"official {variant.describe()} from '{off.source}'"
+        report = transfer_weights(model, state_dict, source_names=names)
+    desc = f"official {origin} from '{off.source}'"
     return LoadedModel(model.to(map_location), "official", desc, {"info": off.info}, report)

@@ -3,12 +3,18 @@
 Official checkpoints pickle whole ``models.yolo.Model`` objects (FACTS.md 1f). A restricted unpickler maps
 the official classes (``models.*``) and the PyTorch module classes (``torch.nn.modules.*``) to inert
 stand-ins that only store their attributes, allows the handful of functions needed to rebuild tensors and
-numpy arrays, and refuses every other global, so a crafted file cannot execute code.
+numpy arrays, and refuses every other global, so a crafted file cannot execute code. The file is inspected
+first (:mod:`core.checkpoint.safety`): a TorchScript archive never reaches ``torch.load``.
+
+``Model.fuse()`` sets ``forward = fuseforward`` on the fused ``Conv`` and ``IDetect``/``IAuxDetect`` modules;
+a bound method pickles as ``getattr(<module>, 'fuseforward')``. ``getattr`` is allowed for exactly that:
+an official stand-in and the name ``fuseforward``, and it returns an inert :class:`FusedForward` marker.
 """
 
 from __future__ import annotations
 
 import collections
+import io
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -17,9 +23,7 @@ from typing import Any
 
 import torch
 
-
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    """The file references a global outside the allow-list (it may try to run code)."""
+from core.checkpoint.safety import UnsafeCheckpointError, read_plain_checkpoint
 
 
 class Inert:
@@ -39,6 +43,27 @@ class Inert:
 
 
 _STANDINS: dict[str, type[Inert]] = {}
+
+
+class FusedForward:
+    """What ``getattr(<official module>, 'fuseforward')`` unpickles to: a note that the module was fused."""
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+
+    def __repr__(self) -> str:
+        return f"<fuseforward of {self.origin}>"
+
+
+def _fuseforward_ref(obj: Any, name: Any) -> FusedForward:
+    """The only ``getattr`` a checkpoint may call: ``fuseforward`` of an official (``models.*``) stand-in."""
+    if type(name) is str and name == "fuseforward" and isinstance(obj, Inert) and obj._origin.startswith("models."):
+        return FusedForward(obj._origin)
+    what = getattr(obj, "_origin", type(obj).__name__)
+    raise UnsafeCheckpointError(
+        f"refused getattr(<{what}>, {name!r}): only an official fused model's 'fuseforward' is allowed "
+        "(the file may try to execute code)"
+    )
 
 
 def _standin(module: str, name: str) -> type[Inert]:
@@ -64,6 +89,8 @@ def _allowed_functions() -> dict[tuple[str, str], Any]:
         ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
         ("torch", "Size"): torch.Size,
         ("torch", "device"): torch.device,
+        ("builtins", "getattr"): _fuseforward_ref,
+        ("__builtin__", "getattr"): _fuseforward_ref,
     }
     for attr in ("_rebuild_parameter_with_state", "_rebuild_tensor_v3"):
         if hasattr(torch._utils, attr):
@@ -140,10 +167,7 @@ class OfficialCheckpoint:
     source: str  # which entry the weights came from: 'ema' or 'model'
     epoch: int | None
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def is_zip_checkpoint(path: str | Path) -> bool:
-    return zipfile.is_zipfile(path)
+    fused_head: bool = False  # official fuse(): implicit terms already folded into the head convs
 
 
 def pickled_globals(path: str | Path) -> list[str]:
@@ -193,13 +217,17 @@ def _activation(obj: Any) -> str | None:
     return None
 
 
-def load_official(path: str | Path) -> OfficialCheckpoint:
-    """Load an official train.py / stripped / deploy ``.pt`` file safely (no foreign code runs).
+def load_official(path: str | Path, data: io.BytesIO | None = None) -> OfficialCheckpoint:
+    """Load an official train.py / stripped / deploy / ``fuse()``d ``.pt`` file safely (no foreign code runs).
 
-    Raises :class:`UnsafeCheckpointError` for a file that references anything outside the allow-list and
-    ``ValueError`` when the file holds no model.
+    ``data``: the file's bytes as returned by :func:`core.checkpoint.safety.read_plain_checkpoint` (read and
+    checked here when not given; ``path`` then only names the file). Raises :class:`UnsafeCheckpointError`
+    for a TorchScript archive or a file that references anything outside the allow-list, and ``ValueError``
+    when the file is not a checkpoint or holds no model.
     """
-    ckpt = torch.load(path, map_location="cpu", pickle_module=_RestrictedPickleModule, weights_only=False)
+    buf = read_plain_checkpoint(path) if data is None else data
+    buf.seek(0)
+    ckpt = torch.load(buf, map_location="cpu", pickle_module=_RestrictedPickleModule, weights_only=False, mmap=False)
     if isinstance(ckpt, Inert):  # a bare pickled model
         ckpt = {"model": ckpt}
     if not isinstance(ckpt, dict):
@@ -218,6 +246,9 @@ def load_official(path: str | Path) -> OfficialCheckpoint:
     info = {k: v for k, v in ckpt.items() if k in ("epoch", "training_results") and not isinstance(v, Inert)}
     info["entries"] = sorted(str(k) for k in ckpt)
     info["model_class"] = getattr(model, "_origin", "?")
+    fused_head = _head_is_fused(model)
+    if fused_head:
+        info["fused"] = "official fuse(): BN folded, implicit terms folded into the head"
     return OfficialCheckpoint(
         sd,
         list(names) if names is not None else None,
@@ -225,4 +256,13 @@ def load_official(path: str | Path) -> OfficialCheckpoint:
         source,
         int(epoch) if isinstance(epoch, int) else None,
         info,
+        fused_head,
     )
+
+
+def _head_is_fused(model: Any) -> bool:
+    """True when the last layer (the head) was pickled with ``forward = fuseforward`` (official ``fuse()``)."""
+    layers = getattr(getattr(model, "__dict__", {}).get("_modules", {}).get("model"), "__dict__", {})
+    children = list((layers.get("_modules") or {}).values())
+    head = children[-1] if children else None
+    return isinstance(getattr(head, "__dict__", {}).get("forward"), FusedForward)
