@@ -11,6 +11,7 @@ import contextlib
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -452,7 +453,9 @@ class Trainer:
             self.last_eval = result
             self.log(result.summary())
         lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.scheduler.step()
+        with warnings.catch_warnings():  # a run resumed right before an evaluation has no optimizer step yet
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+            self.scheduler.step()
         row: dict[str, Any] = {"epoch": epoch + 1}
         row.update({k: v for k, v in self.running_losses().items()})
         row.update({f"lr{j}": lr for j, lr in enumerate(lrs)})
