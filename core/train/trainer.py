@@ -135,7 +135,7 @@ class Trainer:
             self.run.clear_stop()
             if self.resume_from is None:
                 self.run.status_file.unlink(missing_ok=True)
-            self.run.write_status("queued", message="setting up", epochs=cfg.epochs)
+            self.run.write_status("queued", message="setting up", epochs=cfg.epochs, failed_rank=None, failure=None)
             self._start_heartbeat()
         self.device = S.training_device(cfg.device, self.rank)
         if self.device.type == "cpu":
@@ -312,15 +312,17 @@ class Trainer:
             else f"{type(exc).__name__}: {exc}"
         )
         current = self.run.read_status() or {}
-        if current.get("state") == "failed" and current.get("failed_rank", 0) != self.rank:
-            return  # another rank failed first: its message is the cause, ours the consequence
+        other = current.get("failed_rank")
         if not self.is_main:
-            if not self._joined or current.get("state") not in ("running", "queued"):
+            if not self._joined or current.get("state") not in ("running", "queued") or other is not None:
                 return  # the status may not be this run's (rank 0 refused the launch), or the run has ended
             message = f"rank {self.rank}: {message}"
         with contextlib.suppress(OSError):
-            self.run.write_status(state, message=message, failed_rank=self.rank)
             self.run.log(f"{'STOPPED' if interrupted else 'FAILED'}: {message}")
+            if other is not None and other != self.rank:  # another rank failed first: its error is the cause
+                state, message = "failed", str(current.get("failure") or message)
+            self.run.write_status(state, message=message, failed_rank=self.rank if other is None else other,
+                                  failure=message)  # fmt: skip
 
     def _start_heartbeat(self) -> None:
         """Refresh ``heartbeat`` in status.json every ``heartbeat_s`` seconds until the run ends."""
