@@ -279,3 +279,42 @@ def test_input_errors(tmp_path):
     # boxes partly outside the image are clipped to it
     exp = explore_image(model, _image(), [[-10, -5, 40, 30]], [0], img_size=96)
     assert exp.boxes.tolist() == [[0, 0, 40, 30]]
+
+
+def test_pil_images_and_rgb_arrays_are_accepted_like_the_predictors_inputs():
+    """A PIL image (RGB, or another mode converted to RGB) gives exactly what its RGB array gives."""
+    model = _model("yolov7-tiny", aux=True)
+    rgb = _image()
+    ref = explore_image(model, rgb, BOXES, CLASSES, img_size=96)
+    for pil in (Image.fromarray(rgb), Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 200, np.uint8)]))):
+        exp = explore_image(model, pil, BOXES, CLASSES, img_size=96)
+        assert exp.source == "PIL image" and exp.mapping == ref.mapping
+        np.testing.assert_array_equal(exp.image, ref.image)
+        for a, b in zip(exp.levels, ref.levels):
+            np.testing.assert_array_equal(a.lead_obj, b.lead_obj)
+            np.testing.assert_array_equal(a.aux_obj, b.aux_obj)
+        assert exp.box_summaries() == ref.box_summaries()
+    grey = explore_image(model, Image.fromarray(rgb[:, :, 1]), img_size=96)  # mode "L" -> three equal channels
+    assert grey.image.shape == (96, 96, 3) and (grey.image[..., 0] == grey.image[..., 2]).all()
+    with pytest.raises(ImageReadError, match="unsupported type list"):
+        explore_image(model, [[1, 2, 3]], img_size=96)
+
+
+def test_the_callers_model_keeps_its_mode_and_its_tensors():
+    """The forward runs on an eval view: a model in training mode stays in training mode throughout, BatchNorm
+    running statistics are not updated, and the maps are those of the model in eval mode."""
+    model = _model("yolov7-tiny", aux=True).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+    handle = model.model[0].register_forward_hook(lambda m, i, o: seen.append(model.training))
+    try:
+        exp = explore_image(model, _image(), BOXES, CLASSES, img_size=96)
+    finally:
+        handle.remove()
+    assert all(m.training for m in model.modules()) and seen == [True]  # the model's hook ran on the view
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    ref_model = _model("yolov7-tiny", aux=True).eval()  # same seed: same weights
+    ref = explore_image(ref_model, _image(), BOXES, CLASSES, img_size=96)
+    for a, b in zip(exp.levels, ref.levels):
+        np.testing.assert_array_equal(a.lead_obj, b.lead_obj)

@@ -155,3 +155,23 @@ def test_voc_labels(tmp_path):
         read_labels(_write(tmp_path, "c.json", "{}"), 200, 100, NAMES)
     with pytest.raises(LabelError, match="no such label file"):
         read_labels(tmp_path / "missing.txt", 200, 100, NAMES)
+
+
+def test_progress_callback_and_the_callers_model_unchanged(model, dataset, stats):
+    """``progress(fraction, message)``: 0 first, increasing, 1 last; the model keeps its mode and BN statistics."""
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls: list[tuple[float, str]] = []
+    again = assignment_stats(model, dataset, "all", img_size=IMG, batch_size=3,
+                             progress=lambda f, m: calls.append((f, m)))  # fmt: skip
+    with_boxes = sum(1 for r in dataset.split("all") if r.num_boxes)
+    fractions = [f for f, _ in calls]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
+    assert len(calls) == 2 + (with_boxes - 1) // 3  # start, each batch but the last, end
+    assert (
+        all(isinstance(m, str) and m for _, m in calls)
+        and calls[-1][1] == f"{with_boxes}/{with_boxes} images with boxes"
+    )
+    assert all(m.training for m in model.modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert [r.fine_per_level for r in again.per_box] == [r.fine_per_level for r in stats.per_box]

@@ -158,8 +158,8 @@ def _dataset_mode(args: argparse.Namespace, device: Any) -> int:
               file=sys.stderr)  # fmt: skip
     out = Path(args.out)
 
-    def progress(done: int, total: int) -> None:
-        print(f"\r{done}/{total} images", end="" if done < total else "\n", file=sys.stderr)
+    def progress(fraction: float, message: str) -> None:
+        print(f"\r{message}", end="" if fraction < 1 else "\n", file=sys.stderr)
 
     stats = assignment_stats(model, ds, args.split, img_size=args.img, coarse=not args.no_coarse, topk=args.topk,
                              max_images=args.max_images, device=device, progress=progress)  # fmt: skip

@@ -1,15 +1,18 @@
 """Plotly figures of a dataset check: class counts, boxes per image, box sizes against anchors, image sizes.
 
 ``save_figures`` writes one self-contained ``dataset_report.html`` (all figures, plotly.js inlined once, works
-offline) and one PNG per figure through kaleido, which needs a Chrome/Chromium: ``ensure_browser_path`` points
-kaleido at the system Chromium when ``BROWSER_PATH`` is not set.
+offline) and one PNG per figure through kaleido, which needs a Chrome/Chromium: :func:`write_pngs` hands kaleido
+the browser :func:`ensure_browser_path` finds (``BROWSER_PATH`` if set, else a system Chromium/Chrome) as an
+argument; nothing process-wide (such as ``os.environ``) is changed, so concurrent exports do not interfere.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -22,14 +25,46 @@ _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#
 
 
 def ensure_browser_path() -> str | None:
-    """Set ``BROWSER_PATH`` (read by kaleido/choreographer) to a system Chromium if unset; return the path used."""
+    """The Chrome/Chromium for PNG export: ``BROWSER_PATH`` if set, else the first of ``chromium``, ``google-chrome``
+    ... on ``PATH``; ``None`` if there is none. Reads the environment, never writes it."""
     if os.environ.get("BROWSER_PATH"):
         return os.environ["BROWSER_PATH"]
     for name in _BROWSERS:
         found = shutil.which(name)
         if found:
-            os.environ["BROWSER_PATH"] = found
             return found
+    return None
+
+
+def write_pngs(
+    figs: Sequence[go.Figure], paths: Sequence[Path], widths: Sequence[int], heights: Sequence[int]
+) -> str | None:
+    """Write each figure as a PNG of the given size through kaleido with the browser of
+    :func:`ensure_browser_path` passed as an argument (no environment change). Returns ``None``, or why no PNG
+    was written (no browser, export error); never raises for a broken browser."""
+    browser = ensure_browser_path()
+    if browser is None:
+        return "PNG export skipped: no Chrome/Chromium found (install chromium or set BROWSER_PATH)"
+    try:
+        import kaleido
+        import plotly.io as pio
+
+        specs = [
+            {
+                "fig": fig.to_dict(),
+                "path": Path(path),
+                "opts": {"format": "png", "width": int(w), "height": int(h), "scale": 1},
+                "topojson": pio.defaults.topojson,
+            }
+            for fig, path, w, h in zip(figs, paths, widths, heights)
+        ]
+        kopts: dict[str, Any] = {"path": browser}
+        for key in ("plotlyjs", "mathjax"):
+            if getattr(pio.defaults, key, None):
+                kopts[key] = getattr(pio.defaults, key)
+        kaleido.write_fig_from_object_sync(specs, kopts=kopts)
+    except Exception as exc:  # noqa: BLE001 - a broken browser must not break the caller
+        return f"PNG export failed: {exc}"
     return None
 
 
@@ -181,14 +216,7 @@ def save_figures(stats: DatasetStats, out_dir: Path, png: bool = True) -> tuple[
     written = [html]
     if not png:
         return written, None
-    if ensure_browser_path() is None:
-        return written, "PNG export skipped: no Chrome/Chromium found (install chromium or set BROWSER_PATH)"
-    import plotly.io as pio
-
     paths = [out_dir / f"{name}.png" for name in figs]
     widths = [1400 if name == "box_sizes" else 800 for name in figs]
-    try:
-        pio.write_images(list(figs.values()), paths, width=widths, height=[520] * len(paths))
-    except Exception as exc:  # noqa: BLE001 - a broken browser must not break the check
-        return written, f"PNG export failed: {exc}"
-    return written + paths, None
+    note = write_pngs(list(figs.values()), paths, widths, [520] * len(paths))
+    return (written, note) if note else (written + paths, None)

@@ -6,8 +6,10 @@ Public API (what the CLI and the front ends call):
   anchor for the lead and aux heads, the :class:`core.assign.AssignmentView`, the pixel mapping);
   ``exploration_figure(exp)`` (interactive plotly), ``level_figure(exp, level)`` (static panel),
   ``save_exploration(exp, out)`` (HTML + PNG per level + JSON).
-* A dataset: ``assignment_stats(model, dataset, split) -> AssignmentStats``; ``STATS_FIGURES`` and
+* A dataset: ``assignment_stats(model, dataset, split, progress=...) -> AssignmentStats``; ``STATS_FIGURES`` and
   ``save_stats(stats, out)``.
+* Safe on a shared model: ``eval_view(model)`` (eval mode without switching the caller's model); both calls above
+  use it, so several threads can explore with one model.
 * Training: ``ObjectnessHook(every)`` (registered by the trainer for ``--objectness-every N``),
   ``convergence_figure(run_dir)`` (the slider over epochs).
 * Labels of one image: ``read_labels(path, width, height, class_names)`` (YOLO .txt or VOC .xml), ``LabelError``.
@@ -20,6 +22,7 @@ from core.explore.labels import LabelError, read_labels
 from core.explore.stats import SIZE_BUCKETS, AssignmentStats, BoxCounts, GroupStats, assignment_stats, size_bucket
 from core.explore.stats_figures import STATS_FIGURES
 from core.explore.training import ObjectnessHook, convergence_figure, load_snapshots
+from core.inference.eval_view import eval_view
 
 __all__ = [
     "STATS_FIGURES",
@@ -36,6 +39,7 @@ __all__ = [
     "assignment_stats",
     "convergence_figure",
     "default_level",
+    "eval_view",
     "exploration_figure",
     "explore_image",
     "level_figure",

@@ -2,7 +2,9 @@
 
 ``explore_image(model, image, boxes, classes)`` letterboxes the image to a square input (the assigner assumes
 square inputs, as the official loss does), runs the model once in eval mode (BN uses its running statistics) with
-the auxiliary branch on, and returns an :class:`ImageExploration`:
+the auxiliary branch on, and returns an :class:`ImageExploration`. The caller's model is never switched between
+train and eval mode: the forward runs on :func:`eval_view`, a per-call copy of the module tree that shares every
+parameter and buffer, so several threads can explore with one model (also while it serves predictions):
 
 * per level: the lead and aux objectness maps ``sigmoid(t_obj)`` ``[na, H, W]``, and per class of interest the
   class-conditional maps ``sigmoid(t_obj) * sigmoid(t_cls)`` ``[na, H, W]`` (objectness alone when ``nc == 1``,
@@ -32,11 +34,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from core.assign import AssignmentView, explain_assignment
+from core.data.letterbox import unletterbox_boxes
 from core.explore.stats import input_targets, size_bucket
+from core.inference.eval_view import eval_view
 from core.inference.letterbox import letterbox
-from core.inference.sources import check_array, read_image
+from core.inference.sources import ImageReadError, check_array, pil_to_array, read_image
 
 __all__ = ["PixelMapping", "LevelMaps", "ImageExploration", "explore_image", "prepare_boxes"]
 
@@ -62,11 +67,11 @@ class PixelMapping:
         return out
 
     def to_original(self, xyxy: np.ndarray) -> np.ndarray:
-        """``[N, 4]`` input-pixel xyxy -> original-pixel xyxy (float64), the exact inverse of :meth:`to_input`."""
-        out = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4).copy()
-        out[:, [0, 2]] = (out[:, [0, 2]] - self.pad[0]) / self.ratio[0]
-        out[:, [1, 3]] = (out[:, [1, 3]] - self.pad[1]) / self.ratio[1]
-        return out
+        """``[N, 4]`` input-pixel xyxy -> original-pixel xyxy (float64), the exact inverse of :meth:`to_input`
+        (:func:`core.data.letterbox.unletterbox_boxes`, the mapping of the predictor and evaluation; not clipped)."""
+        out = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
+        w, h = self.original_size
+        return unletterbox_boxes(out, self.ratio, self.pad, (h, w), clip=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"original_size": list(self.original_size), "input_size": self.input_size,
@@ -227,16 +232,22 @@ def prepare_boxes(
     return b, c
 
 
-def _load_image(image: str | Path | np.ndarray) -> tuple[np.ndarray, str]:
+def _load_image(image: str | Path | np.ndarray | Image.Image) -> tuple[np.ndarray, str]:
+    """``[H, W, 3]`` RGB uint8 and a source name, from a path, a PIL image (any mode) or an RGB array."""
     if isinstance(image, np.ndarray):
         return check_array(image, "image"), "array"
+    if isinstance(image, Image.Image):
+        return pil_to_array(image), "PIL image"
+    if not isinstance(image, (str, Path)):
+        raise ImageReadError(f"image: unsupported type {type(image).__name__} (expected a path, a PIL image or a "
+                             "uint8 RGB numpy array [H, W, 3])")  # fmt: skip
     return read_image(image), str(image)
 
 
 @torch.no_grad()
 def explore_image(
     model: Any,
-    image: str | Path | np.ndarray,
+    image: str | Path | np.ndarray | Image.Image,
     boxes: np.ndarray | Sequence[Sequence[float]] | None = None,
     classes: np.ndarray | Sequence[int] | None = None,
     *,
@@ -250,8 +261,10 @@ def explore_image(
     """Run ``model`` (a :class:`core.models.Yolo`) on one image and explain the assignment of its boxes.
 
     Args:
-        model: any training-form model (with or without aux head); its train/eval mode is restored afterwards.
-        image: a file path, or an ``[H, W, 3]`` RGB uint8 array.
+        model: any training-form model (with or without aux head); it is not changed, not even its train/eval
+            mode (the forward runs on :func:`eval_view`), so one model can serve several threads at once.
+        image: a file path, a PIL image (any mode, converted to RGB), or an ``[H, W, 3]`` RGB uint8 array (as the
+            predictor takes).
         boxes: ``[N, 4]`` pixel xyxy in original image coordinates (or ``None``); classes: ``[N]`` class ids.
         img_size: square input side, a multiple of the largest stride.
         coarse: also compute the coarse (aux) label set. topk: IoUs summed for dynamic k (default 20 when the
@@ -282,12 +295,7 @@ def explore_image(
 
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(inp.transpose(2, 0, 1))).to(dev).float().div(255).unsqueeze(0)
-    was_training = model.training
-    model.eval()
-    try:
-        raw = [r.float() for r in model.forward_levels(x, aux=True)]
-    finally:
-        model.train(was_training)
+    raw = [r.float() for r in eval_view(model).forward_levels(x, aux=True)]
     nl = int(head.nl)
     lead, aux = raw[:nl], (raw[nl : 2 * nl] if len(raw) >= 2 * nl else None)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from core.data.figures import ensure_browser_path
+from core.data.figures import write_pngs as write_figure_pngs
 from core.explore.engine import ImageExploration
 from core.explore.figure import exploration_figure, level_figure
 from core.explore.stats import AssignmentStats
@@ -59,19 +59,12 @@ def write_pngs(figs: Sequence[go.Figure], paths: Sequence[Path]) -> str | None:
     """PNG of each figure at its layout size; returns ``None``, or why nothing was written."""
     if not figs:
         return None
-    if ensure_browser_path() is None:
-        return "PNG export skipped: no Chrome/Chromium found (install chromium or set BROWSER_PATH)"
-    import plotly.io as pio
-
     paths = [Path(p) for p in paths]
     for p in paths:
         p.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        pio.write_images(list(figs), list(paths), width=[f.layout.width or 1200 for f in figs],
-                         height=[f.layout.height or 700 for f in figs])  # fmt: skip
-    except Exception as exc:  # noqa: BLE001 - a broken browser must not lose the HTML and JSON
-        return f"PNG export failed: {exc}"
-    return None
+    widths = [f.layout.width or 1200 for f in figs]
+    heights = [f.layout.height or 700 for f in figs]
+    return write_figure_pngs(list(figs), paths, widths, heights)
 
 
 def save_exploration(exp: ImageExploration, out: str | Path, *, name: str | None = None, png: bool = True,

@@ -1,7 +1,8 @@
 """Dataset-level assignment statistics: how many fine (lead) and coarse (aux) positives a box gets, by class and size.
 
 ``assignment_stats(model, dataset, split="val")`` letterboxes every image of the split to the square input, runs the
-model once per batch in eval mode and :func:`core.assign.explain_assignment` on its lead predictions (the same
+model once per batch in eval mode (on :func:`core.inference.eval_view.eval_view`: the caller's model is not changed,
+not even its train/eval mode) and :func:`core.assign.explain_assignment` on its lead predictions (the same
 lead-guided assignment as training, without augmentation), and summarizes the per-box counts:
 
 * per class and per COCO size bucket measured at the network input (small: area < 32^2 input pixels, medium:
@@ -9,7 +10,8 @@ lead-guided assignment as training, without augmentation), and summarizes the pe
   and how the group's positives split over the levels (P3, P4, ...);
 * every box's own counts (``per_box``), for tables and custom plots.
 
-All results are plain dataclasses; ``AssignmentStats.to_dict()`` is ``json.dumps``-able.
+All results are plain dataclasses; ``AssignmentStats.to_dict()`` is ``json.dumps``-able. A UI follows the work
+through ``progress(fraction, message)``.
 """
 
 from __future__ import annotations
@@ -23,11 +25,15 @@ import numpy as np
 import torch
 
 from core.assign import explain_assignment
+from core.inference.eval_view import eval_view
 from core.inference.letterbox import letterbox
 from core.inference.sources import read_image
 
 __all__ = ["SIZE_BUCKETS", "size_bucket", "BoxCounts", "GroupStats", "AssignmentStats", "assignment_stats",
-           "input_targets"]  # fmt: skip
+           "input_targets", "Progress"]  # fmt: skip
+
+Progress = Callable[[float, str], None]
+"""A progress callback: ``progress(fraction, message)`` with ``fraction`` in ``[0, 1]`` (1 = done)."""
 
 SIZE_BUCKETS: tuple[str, ...] = ("small", "medium", "large")
 
@@ -145,7 +151,7 @@ def assignment_stats(
     batch_size: int = 8,
     max_images: int | None = None,
     device: str | torch.device | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> AssignmentStats:
     """Assignment statistics of a dataset split.
 
@@ -154,7 +160,9 @@ def assignment_stats(
         dataset: a :class:`core.data.DetectionDataset` (its ``split`` images; ``None``/"all" = every image) or a
             sequence of :class:`core.data.ImageRecord` (boxes in original-pixel xyxy).
         img_size: square input side. coarse/topk/anchor_t: as :func:`core.explore.explore_image`.
-        max_images: use only the first N images of the split. progress: called with (done, total) images.
+        max_images: use only the first N images of the split.
+        progress: ``progress(fraction, message)``, called before the first batch (0.0), after every batch (the
+            share of images with boxes done, e.g. ``"24/100 images with boxes"``) and at the end (1.0).
 
     Raises:
         ValueError: no images, classes the model does not have, bad input size.
@@ -177,39 +185,41 @@ def assignment_stats(
     k = topk if topk is not None else (20 if coarse else 10)
     nl = int(head.nl)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    net = eval_view(model)
     rows: list[BoxCounts] = []
     with_boxes = [r for r in records if r.num_boxes]
-    try:
-        for start in range(0, len(with_boxes), batch_size):
-            chunk = with_boxes[start : start + batch_size]
-            imgs, targets, meta = [], [], []
-            for b, rec in enumerate(chunk):
-                inp, info = letterbox(read_image(rec.path), img_size, auto=False)
-                rw, rh = info.ratio
-                bx = np.asarray(rec.boxes, dtype=np.float64).copy()
-                bx[:, [0, 2]] = bx[:, [0, 2]] * rw + info.pad[0]
-                bx[:, [1, 3]] = bx[:, [1, 3]] * rh + info.pad[1]
-                imgs.append(inp.transpose(2, 0, 1))
-                targets.append(input_targets(bx, rec.classes, img_size, b))
-                meta += [(rec, g, float((x2 - x1) * (y2 - y1))) for g, (x1, y1, x2, y2) in enumerate(bx)]
-            x = torch.from_numpy(np.ascontiguousarray(np.stack(imgs))).to(dev).float().div(255)
-            lead = [r.float() for r in model.forward_levels(x, aux=False)[:nl]]
-            t = torch.from_numpy(np.concatenate(targets)).float().to(dev)
-            view = explain_assignment(lead, t, head.anchors, head.stride, img_size, aux=coarse, topk=k,
-                                      anchor_t=anchor_t)  # fmt: skip
-            for bv, (rec, g, area) in zip(view.boxes, meta):
-                rows.append(BoxCounts(
-                    image=rec.key or str(rec.path), index=g, cls=bv.cls, area_input=area, size=size_bucket(area),
-                    fine_k=bv.fine.dynamic_k, fine_per_level=[len(lv.positives) for lv in bv.fine.levels],
-                    coarse_k=bv.coarse.dynamic_k if bv.coarse is not None else None,
-                    coarse_per_level=[len(lv.positives) for lv in bv.coarse.levels] if bv.coarse is not None else None,
-                ))  # fmt: skip
-            if progress is not None:
-                progress(min(start + batch_size, len(with_boxes)), len(with_boxes))
-    finally:
-        model.train(was_training)
+    total = len(with_boxes)
+    if progress is not None:
+        progress(0.0, f"0/{total} images with boxes")
+    for start in range(0, total, batch_size):
+        chunk = with_boxes[start : start + batch_size]
+        imgs, targets, meta = [], [], []
+        for b, rec in enumerate(chunk):
+            inp, info = letterbox(read_image(rec.path), img_size, auto=False)
+            rw, rh = info.ratio
+            bx = np.asarray(rec.boxes, dtype=np.float64).copy()
+            bx[:, [0, 2]] = bx[:, [0, 2]] * rw + info.pad[0]
+            bx[:, [1, 3]] = bx[:, [1, 3]] * rh + info.pad[1]
+            imgs.append(inp.transpose(2, 0, 1))
+            targets.append(input_targets(bx, rec.classes, img_size, b))
+            meta += [(rec, g, float((x2 - x1) * (y2 - y1))) for g, (x1, y1, x2, y2) in enumerate(bx)]
+        x = torch.from_numpy(np.ascontiguousarray(np.stack(imgs))).to(dev).float().div(255)
+        lead = [r.float() for r in net.forward_levels(x, aux=False)[:nl]]
+        t = torch.from_numpy(np.concatenate(targets)).float().to(dev)
+        view = explain_assignment(lead, t, head.anchors, head.stride, img_size, aux=coarse, topk=k,
+                                  anchor_t=anchor_t)  # fmt: skip
+        for bv, (rec, g, area) in zip(view.boxes, meta):
+            rows.append(BoxCounts(
+                image=rec.key or str(rec.path), index=g, cls=bv.cls, area_input=area, size=size_bucket(area),
+                fine_k=bv.fine.dynamic_k, fine_per_level=[len(lv.positives) for lv in bv.fine.levels],
+                coarse_k=bv.coarse.dynamic_k if bv.coarse is not None else None,
+                coarse_per_level=[len(lv.positives) for lv in bv.coarse.levels] if bv.coarse is not None else None,
+            ))  # fmt: skip
+        done = min(start + batch_size, total)
+        if progress is not None and done < total:
+            progress(done / total, f"{done}/{total} images with boxes")
+    if progress is not None:
+        progress(1.0, f"{total}/{total} images with boxes")
     by_class = [_group(names[c], [r for r in rows if r.cls == c], nl, coarse) for c in range(head.nc)]
     by_size = [_group(s, [r for r in rows if r.size == s], nl, coarse) for s in SIZE_BUCKETS]
     strides = [int(s) for s in head.strides]

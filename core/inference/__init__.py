@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from core.inference.deploy import DeployConversion, ReparamCheck, ReparamError, check_deploy, convert_for_deploy
 from core.inference.draw import draw_detections
+from core.inference.eval_view import eval_view
 from core.inference.letterbox import LetterboxInfo, letterbox, letterbox_geometry
-from core.inference.predictor import Predictor
+from core.inference.predictor import Predictions, Predictor, flush_denormals
 from core.inference.probe import probe_image, well_conditioned_
 from core.inference.results import COCO80_TO_COCO91, Detections
 from core.inference.sources import ImageReadError, InputImage, expand_paths, load_inputs, read_image
@@ -23,13 +24,16 @@ __all__ = [
     "ImageReadError",
     "InputImage",
     "LetterboxInfo",
+    "Predictions",
     "Predictor",
     "ReparamCheck",
     "ReparamError",
     "check_deploy",
     "convert_for_deploy",
     "draw_detections",
+    "eval_view",
     "expand_paths",
+    "flush_denormals",
     "letterbox",
     "letterbox_geometry",
     "load_inputs",

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from core.inference.eval_view import eval_view
 from core.inference.probe import probe_image
 from core.models.fuse import is_fused, reparameterize
 from core.models.profile import count_params
@@ -165,8 +166,9 @@ def check_deploy(
     img_size: int = 320,
     nms: tuple[NmsConfig, ...] = (NmsConfig(), NmsConfig(conf=0.001, iou=0.65, multi_label=True)),
 ) -> ReparamCheck:
-    """Run ``original`` and ``deploy`` (both in eval mode) on ``probe`` (default: :func:`probe_image` of
-    ``img_size`` rounded up to the largest stride) and compare decoded outputs and NMS results.
+    """Run ``original`` and ``deploy`` (both in eval mode, through :func:`eval_view`: neither is changed) on
+    ``probe`` (default: :func:`probe_image` of ``img_size`` rounded up to the largest stride) and compare decoded
+    outputs and NMS results.
 
     The comparison runs in float32 on copies when a model is in another dtype.
     """
@@ -180,15 +182,9 @@ def check_deploy(
         size = -(-img_size // s) * s
         probe = probe_image(size)
     probe = probe.to(device=next(ref_model.parameters()).device, dtype=torch.float32)
-    modes = ref_model.training, new_model.training
-    ref_model.eval()
-    new_model.eval()
-    try:
-        raw_a, raw_b = ref_model.forward_levels(probe, aux=False), new_model.forward_levels(probe, aux=False)
-        a, b = ref_model.head.decode(raw_a), new_model.head.decode(raw_b)
-    finally:
-        ref_model.train(modes[0])
-        new_model.train(modes[1])
+    ref_model, new_model = eval_view(ref_model), eval_view(new_model)  # the callers' models keep their modes
+    raw_a, raw_b = ref_model.forward_levels(probe, aux=False), new_model.forward_levels(probe, aux=False)
+    a, b = ref_model.head.decode(raw_a), new_model.head.decode(raw_b)
     return ReparamCheck(
         variant=original.spec.name,
         source_form=source_form(original),

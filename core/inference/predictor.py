@@ -8,15 +8,20 @@ Pipeline (official detect.py semantics): letterbox (``auto=True``: pad to a mult
 colour 114, ``INTER_LINEAR``) -> RGB ``/255`` -> fused deploy network -> NMS (:mod:`core.nms`, official
 semantics on ``torchvision.ops``) -> boxes mapped back to original pixels and clipped. Images whose letterboxed
 shapes are equal are run together in batches of ``batch_size``; the result does not depend on the batching.
+
+Safe to share between threads (e.g. the request threads of a web server): a call changes no state of the predictor
+or of the process; its timing comes back with its result (:attr:`Predictions.timing`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import threading
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +40,41 @@ from core.nms import NmsConfig, apply_nms
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
+class Predictions(list[Detections]):
+    """The result of one :class:`Predictor` call: a list of :class:`Detections` (one per image, in input order)
+    with that call's ``timing``: ``preprocess_ms``, ``inference_ms``, ``nms_ms`` (summed over batches) and
+    ``images``."""
+
+    def __init__(self, detections: Iterable[Detections] = (), timing: dict[str, float] | None = None) -> None:
+        super().__init__(detections)
+        self.timing: dict[str, float] = dict(timing or {})
+
+
+def _denormals_flushed() -> bool:
+    """Whether the calling thread flushes denormal floats to zero (its floating-point control register)."""
+    return float(torch.tensor([1e-39], dtype=torch.float32).mul(1.0)) == 0.0
+
+
+@contextlib.contextmanager
+def flush_denormals(enabled: bool = True) -> Iterator[None]:
+    """Flush denormal floats to zero in the calling thread for the duration of the block, then restore its setting.
+
+    The setting is a per-thread CPU register: other threads (e.g. other requests of a server) are not affected.
+    Threads that PyTorch's intra-op pool starts inside the block inherit it (as they would after a global call).
+    """
+    if not enabled:
+        yield
+        return
+    before = _denormals_flushed()
+    if not before:
+        torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if not before:
+            torch.set_flush_denormal(False)
+
+
 class Predictor:
     """Detection with a YOLOv7 model from a checkpoint path or a :class:`Yolo`.
 
@@ -51,8 +91,13 @@ class Predictor:
             ``check`` the conversion is verified on a probe input and the original model is kept (with a
             warning) if it fails. The report is in :attr:`deploy_check`.
         channels_last: NHWC memory layout (faster oneDNN convolutions on CPU, tensor cores on GPU).
-        flush_denormal: set the CPU to flush denormal floats to zero (process-wide; denormal activations can
-            make CPU convolutions 10x slower and change no detection).
+        flush_denormal: flush denormal floats to zero while a call runs on the CPU (in the calling thread only,
+            restored afterwards; denormal activations can make CPU convolutions 10x slower and change no
+            detection).
+
+    One predictor can serve several threads at once: calls share only read-only state (the model in eval mode,
+    the settings). Each call returns :class:`Predictions` carrying its own ``timing``; :attr:`timing` is the
+    timing of the calling thread's last call (kept for older callers).
     """
 
     def __init__(
@@ -98,8 +143,7 @@ class Predictor:
             model = model.half()
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        if flush_denormal and self.device.type == "cpu":
-            torch.set_flush_denormal(True)
+        self.flush_denormal = bool(flush_denormal) and self.device.type == "cpu"
         self.model: Yolo = model
         self.names: list[str] = list(model.names)
         self.stride = int(model.stride.max())
@@ -107,7 +151,22 @@ class Predictor:
         self.rect = rect
         self.nms = nms or NmsConfig()
         self.batch_size = max(1, int(batch_size))
-        self.timing: dict[str, float] = {}
+        self._last = threading.local()
+
+    @property
+    def timing(self) -> dict[str, float]:
+        """Timing of the calling thread's last call (``{}`` before one); prefer ``Predictions.timing``."""
+        return dict(getattr(self._last, "timing", {}))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles (e.g. a UI's per-session state) leave out the per-thread last timings."""
+        state = self.__dict__.copy()
+        del state["_last"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._last = threading.local()
 
     def _resolve_precision(self, precision: Precision) -> str:
         if precision == "auto":
@@ -156,7 +215,7 @@ class Predictor:
                     boxes=info.to_original(det[:, :4]),
                     scores=det[:, 4].clone(),
                     labels=det[:, 5].long(),
-                    class_names=self.names,
+                    class_names=list(self.names),  # the caller's to change
                     image_size=im.shape,
                     source=im.name,
                 )
@@ -174,12 +233,12 @@ class Predictor:
         agnostic: bool | None = None,
         multi_label: bool | None = None,
         max_det: int | None = None,
-    ) -> list[Detections]:
+    ) -> Predictions:
         """Detections for every input image, in input order (one :class:`Detections` per image).
 
         ``inputs``: paths, folders, glob patterns, PIL images, ``[H, W, 3]`` RGB uint8 arrays, a ``[B, H, W, 3]``
         array, or a list of these (:func:`core.inference.sources.load_inputs`). Keyword arguments override the
-        predictor's NMS settings for this call.
+        predictor's NMS settings for this call. The returned list also holds this call's ``timing``.
         """
         cfg = self.nms_config(
             conf=conf, iou=iou, classes=classes, agnostic=agnostic, multi_label=multi_label, max_det=max_det
@@ -190,6 +249,20 @@ class Predictor:
             groups.setdefault(self.geometry(im.shape).shape, []).append(k)
         results: list[Detections | None] = [None] * len(images)
         timing = {"preprocess_ms": 0.0, "inference_ms": 0.0, "nms_ms": 0.0, "images": float(len(images))}
+        with flush_denormals(self.flush_denormal):
+            self._run(images, groups, cfg, results, timing)
+        self._last.timing = timing
+        return Predictions((r for r in results if r is not None), timing)
+
+    def _run(
+        self,
+        images: list[InputImage],
+        groups: dict[tuple[int, int], list[int]],
+        cfg: NmsConfig,
+        results: list[Detections | None],
+        timing: dict[str, float],
+    ) -> None:
+        """Run every group in batches, writing into ``results`` and adding to ``timing``."""
         for indices in groups.values():
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
@@ -207,8 +280,6 @@ class Predictor:
                 timing["preprocess_ms"] += 1000 * (t1 - t0)
                 timing["inference_ms"] += 1000 * (t2 - t1)
                 timing["nms_ms"] += 1000 * (t3 - t2)
-        self.timing = timing
-        return [r for r in results if r is not None]
 
     def nms_config(self, **overrides: Any) -> NmsConfig:
         """This predictor's NMS settings with the non-``None`` ``overrides`` applied."""
