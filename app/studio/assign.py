@@ -106,6 +106,7 @@ def build(ctx: StudioContext) -> None:
             raise _fail(exc) from None
         if res.no_positive:
             gr.Warning(f"{len(res.no_positive)} box(es) got no positive: {res.no_positive}")
+        res.figure.layout.width = None  # fill the page's column (the panels keep their aspect)
         return res.figure, svc.table_frame(res.rows), res.summary
 
     inputs = [image, labels, checkpoint, dataset, split, item, img_size]

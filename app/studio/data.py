@@ -49,18 +49,18 @@ def build(ctx: StudioContext) -> None:
     gr.Markdown(INTRO)
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
-            with gr.Tab("Upload a zip"):
+            with gr.Tab("Check"):
+                dataset = gr.Dropdown(ctx.dataset_choices(), value="demo", label="Dataset", allow_custom_value=True)
+                check_btn = gr.Button("Check", variant="primary")
+            with gr.Tab("Upload zip"):
                 upload = gr.File(label="Dataset .zip", file_types=[".zip"])
                 name = gr.Textbox(label="Name (optional; default: the zip's name)")
                 upload_btn = gr.Button("Upload and check", variant="primary")
-            with gr.Tab("Link a folder"):
+            with gr.Tab("Folder"):
                 folder = gr.Textbox(label="Folder (or data.yaml / COCO .json) under an allowed root")
                 gr.Markdown(f"Allowed roots: {', '.join(f'`{r}`' for r in ws.allowed_roots)}")
                 folder_name = gr.Textbox(label="Name (optional)")
                 link_btn = gr.Button("Link and check", variant="primary")
-            with gr.Tab("Check a dataset"):
-                dataset = gr.Dropdown(ctx.dataset_choices(), value="demo", label="Dataset", allow_custom_value=True)
-                check_btn = gr.Button("Check", variant="primary")
         with gr.Column(scale=3):
             summary = gr.Markdown("Upload a zip, link a folder, or check the demo dataset.", label="Summary")
             report = gr.DataFrame(
