@@ -268,6 +268,12 @@ def test_detect_endpoint_with_only_the_image_and_under_load(studio, tmp_path: Pa
         want = svc.detect(ws, cache, str(path), checkpoint="run:tiny", conf=0.2, save_json=False).record
         assert got["images"] == json.loads(json.dumps(want["images"]))
 
+    # a corrupt image is answered with a message naming it (not Gradio's generic error)
+    broken = tmp_path / "holiday_photo.jpg"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(Exception, match=r"holiday_photo\.jpg: not an image"):
+        client.predict(handle_file(str(broken)), api_name="/detect")
+
     # a hostile upload is refused with a message, and the studio keeps serving
     marker = tmp_path / "PWNED"
     evil = hostile_checkpoint(tmp_path / "evil.pt", marker)

@@ -371,5 +371,7 @@ def ap_figure(models: list[dict[str, Any]], class_names: list[str]) -> Any:
         legend={"orientation": "h", "y": -0.12},
         template="plotly_white",
     )
-    fig.update_yaxes(range=[0, 1], title_text="AP")
+    top = max([0.0, *(t for tr in fig.data for t in tr.y if t == t)])  # NaN-safe
+    # the full [0, 1] scale once a model has learned something; a zoomed one for (nearly) untrained models
+    fig.update_yaxes(range=[0, 1] if top > 0.25 else [0, max(top * 1.15, 1e-3)], title_text="AP")
     return fig

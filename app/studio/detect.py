@@ -24,6 +24,26 @@ log = logging.getLogger(__name__)
 INFERENCE_CONCURRENCY = 2  # the machines have 2 cores; further requests wait in the queue
 
 
+class NamedImage(gr.Image):
+    """A ``gr.Image`` (same front end) that passes an upload it cannot decode on to the handler as a path.
+
+    Gradio opens every uploaded image with PIL before the handler runs and answers a corrupt file with a generic
+    error; passed on, the file reaches :func:`app.services.detect.detect`, whose message names it.
+    """
+
+    def get_block_name(self) -> str:
+        return "image"
+
+    def preprocess(self, payload: Any) -> Any:
+        try:
+            return super().preprocess(payload)
+        except Exception:
+            path = getattr(payload, "path", None)
+            if path:
+                return str(path)
+            raise
+
+
 def build(ctx: StudioContext) -> None:
     ws, cache = ctx.workspace, ctx.cache
     try:
@@ -32,7 +52,7 @@ def build(ctx: StudioContext) -> None:
         demo_classes = []
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
-            image_in = gr.Image(type="filepath", label="image", sources=["upload", "clipboard"], height=320)
+            image_in = NamedImage(type="filepath", label="image", sources=["upload", "clipboard"], height=320)
             examples = svc.example_images(ws, n=6)
             if examples:
                 gr.Examples(
@@ -42,9 +62,6 @@ def build(ctx: StudioContext) -> None:
                     examples_per_page=6,
                     cache_examples=False,
                 )
-            more_in = gr.File(
-                label="more images (optional, detected together)", file_count="multiple", file_types=["image"]
-            )
             checkpoint_in = gr.Dropdown(
                 choices=ctx.checkpoint_choices(),
                 value="demo",
@@ -70,6 +87,8 @@ def build(ctx: StudioContext) -> None:
                     label="classes (empty: all)",
                 )
             run = gr.Button("Detect", variant="primary")
+            with gr.Accordion("more images (detected together with the image above)", open=False):
+                more_in = gr.File(label="more images", file_count="multiple", file_types=["image"])
         with gr.Column(scale=3, min_width=360):
             annotated = gr.Image(type="pil", label="detections", format="png", interactive=False, height=480)
             summary = gr.Markdown()
