@@ -267,13 +267,15 @@ def _fused_as_deploy(variant: Variant, state_dict: dict[str, torch.Tensor]) -> t
     to a plain ``Detect`` as they are and ``ia``/``im``/the aux branch are dropped.
     """
     with torch.device("meta"):
-        deploy = fuse_blocks(build_model(variant.name, variant.num_classes, deploy=True))
+        deploy = build_model(variant.name, variant.num_classes, deploy=True)
+        if variant.fused:  # official fuse() always fuses BN too; follow the keys all the same
+            fuse_blocks(deploy)
     head, train_head = len(deploy.model) - 1, head_index(state_dict)  # type: ignore[arg-type]
     out: dict[str, torch.Tensor] = {}
     for key in deploy.state_dict():
         layer, rest = key.split(".", 2)[1:]
         out[key] = state_dict[key] if int(layer) < head else state_dict[f"model.{train_head}.{rest}"]
-    return Variant(variant.name, True, True, False, variant.num_classes), out
+    return Variant(variant.name, True, variant.fused, False, variant.num_classes), out
 
 
 def _load_official(
@@ -290,7 +292,7 @@ def _load_official(
     state_dict, origin = off.state_dict, variant.describe()
     if off.fused_head and not variant.deploy:
         variant, state_dict = _fused_as_deploy(variant, state_dict)
-        origin += ", official fuse() with the implicit terms folded: loaded as the fused deploy form"
+        origin += ", official fuse() (implicit terms folded into the head): loaded as the deploy form"
     names = off.class_names if off.class_names and len(off.class_names) == variant.num_classes else None
     source = build_model(variant.name, variant.num_classes, deploy=variant.deploy, aux=variant.aux, class_names=names)
     if variant.fused:
