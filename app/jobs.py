@@ -121,7 +121,7 @@ class TrainRequest:
 
     def to_args(self, data: Path, weights: Path | None, out: Path) -> list[str]:
         """The ``train`` sub-command's arguments for this request (dataset and checkpoint already resolved)."""
-        args = ["train", "--data", str(data), "--model", self.variant, "--out", str(out)]
+        args = ["train", "--data", str(data), "--model", self.variant, "--out", str(out), "--name", out.name]
         args += ["--aux" if self.aux else "--no-aux", "--epochs", str(self.epochs), "--img", str(self.img)]
         args += ["--batch", str(self.batch), "--workers", str(self.workers), "--device", self.device, "--no-progress"]
         if weights is not None:

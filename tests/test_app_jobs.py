@@ -294,7 +294,11 @@ def test_a_run_on_a_bad_dataset_fails_with_its_log_tail(ws: Workspace, runners: 
     r.start({**TINY, "dataset": "upload:broken", "name": "bad"})
     st = _wait(r, "bad", ("failed",), timeout=240)
     assert "broken" in st["log_tail"] and st["message"]
-    assert st["returncode"] not in (None, 0)
+    t0 = time.time()
+    while (st := r.status("bad"))["returncode"] is None and time.time() - t0 < 60:
+        r.poll()  # the process writes its final status, then exits
+        time.sleep(0.5)
+    assert st["returncode"] not in (None, 0) and st["state"] == "failed"
 
 
 @pytest.mark.slow

@@ -73,8 +73,13 @@ def losses_figure(rows: list[dict[str, Any]], live: dict[str, float] | None = No
                     marker={"color": COLOURS[key], "symbol": "circle-open", "size": 10}, row=1, col=j + 1,
                     showlegend=False,
                 )  # fmt: skip
+    if not fig.data:
+        return _empty(title, "no epoch finished yet")
     fig.update_xaxes(title_text="epoch")
-    fig.update_layout(title=title, height=340, margin={"l": 40, "r": 20, "t": 70, "b": 40}, legend={"orientation": "h"})
+    fig.update_layout(
+        title=title, height=380, margin={"l": 40, "r": 20, "t": 70, "b": 40},
+        legend={"orientation": "h", "y": -0.25, "x": 0},
+    )  # fmt: skip
     return fig
 
 
@@ -153,7 +158,7 @@ def progress_text(status: dict[str, Any]) -> str:
     if metrics.get("mAP50") is not None:
         parts.append(f"mAP50 {metrics['mAP50']:.3f}, mAP50-95 {metrics.get('mAP50-95') or 0:.3f}")
     line = " · ".join(parts)
-    if status.get("message"):
+    if status.get("message") and state != "running":  # while running it only repeats epoch and step
         line += f"  \n{status['message']}"
     return line
 

@@ -99,9 +99,11 @@ def build(ctx: StudioContext) -> None:
             log_box = gr.Textbox(label="train.log (last lines)", lines=10, max_lines=10, autoscroll=True)
             with gr.Accordion("Downloads", open=True):
                 with gr.Row():
-                    best_file = gr.File(label="best.pt (training form)", interactive=False)
-                    deploy_file = gr.File(label="deploy checkpoint (re-parameterized)", interactive=False)
-                    onnx_file = gr.File(label="ONNX (deploy form)", interactive=False)
+                    best_file = gr.File(label="best.pt (training form)", interactive=False, visible=False)
+                    deploy_file = gr.File(
+                        label="deploy checkpoint (re-parameterized)", interactive=False, visible=False
+                    )
+                    onnx_file = gr.File(label="ONNX (deploy form)", interactive=False, visible=False)
                 export_btn = gr.Button("Make the deploy checkpoint and ONNX")
                 check_box = gr.Textbox(label="Self-checks (deploy vs training form, ONNX Runtime vs PyTorch)", lines=4)
             with gr.Accordion("Status (JSON, as /training_status returns it)", open=False):
@@ -111,45 +113,44 @@ def build(ctx: StudioContext) -> None:
     timer = gr.Timer(2.0)
 
     # -- wiring ------------------------------------------------------------------------------------------------------
-    def follow(name: str, seen: dict[str, Any]) -> tuple[Any, ...]:
-        """Everything the page shows about ``name`` (skips what has not changed since the last tick)."""
+    def follow(name: str, seen: dict[str, Any]) -> dict[Any, Any]:
+        """What changed about run ``name`` since this page's last tick (components left out stay as they are)."""
         all_jobs = jobs.list_jobs()
-        names = [j["name"] for j in all_jobs]
-        picker = gr.update(choices=_run_choices(ctx)) if names != seen.get("names") else gr.skip()
-        if not name:
+        names = [(j["name"], j["state"]) for j in all_jobs]  # the picker's labels show the states
+        out: dict[Any, Any] = {queue_md: T.queue_markdown(all_jobs), memo: {"names": names}}
+        if names != seen.get("names"):
+            out[run_pick] = gr.update(choices=_run_choices(ctx))
+        if not name:  # follow the running job, if any
             name = next((j["name"] for j in all_jobs if j["state"] in ("starting", "running")), "")
-            if name:
-                picker = gr.update(choices=_run_choices(ctx), value=name)
-        queue = T.queue_markdown(all_jobs)
-        if not name:
-            memo = {"names": names}
-            return picker, "Pick a run, or start one.", queue, *([gr.skip()] * 7), memo
+            if not name:
+                return {**out, progress: "Pick a run, or start one."}
+            out[run_pick] = gr.update(choices=_run_choices(ctx), value=name)
         try:
             st = jobs.status(name, log_lines=LOG_LINES)
         except JobError as exc:
-            return picker, f"**{name}**: {exc}", queue, *([gr.skip()] * 7), {"names": names}
-        rows = st["results"]
-        key = (name, st["state"], len(rows), st["epoch"], st["step"])
-        marker = gr.skip()
-        if (
-            seen.get("name") == name
-            and seen.get("state") in ("starting", "running")
-            and st["state"] not in ("starting", "running")
-        ):
-            marker = time.time()  # the run ended: its checkpoint joins the other tabs' pickers
-        new_memo = {"names": names, "name": name, "state": st["state"], "key": key}
+            return {**out, progress: f"**{name}**: {exc}"}
+        rows, files = st["results"], st["files"]
+        key = [name, st["state"], len(rows), st["epoch"], st["step"]]
+        out.update({progress: T.progress_text(st), log_box: st["log_tail"], status_json: st})
+        out[memo] = {"names": names, "name": name, "state": st["state"], "key": key}
+        active = ("starting", "running")
+        if seen.get("name") == name and seen.get("state") in active and st["state"] not in active:
+            out[ended_marker] = time.time()  # the run ended: its checkpoint joins the other tabs' pickers
         if seen.get("key") == key:
-            return picker, T.progress_text(st), queue, *([gr.skip()] * 4), st["log_tail"], st, marker, new_memo
-        files, live = st["files"], st["losses"] if st["state"] == "running" else None
-        return (
-            picker, T.progress_text(st), queue, T.losses_figure(rows, live),
-            T.map_figure(rows), T.per_class_figure(rows, st["metrics"]), files.get("best"), st["log_tail"], st,
-            marker, new_memo,
-        )  # fmt: skip
+            return out  # nothing new to draw
+        live = st["losses"] if st["state"] == "running" else None
+        out.update({
+            loss_plot: T.losses_figure(rows, live), map_plot: T.map_figure(rows),
+            class_plot: T.per_class_figure(rows, st["metrics"]),
+            best_file: gr.update(value=files.get("best"), visible="best" in files),
+            deploy_file: gr.update(value=files.get("deploy"), visible="deploy" in files),
+            onnx_file: gr.update(value=files.get("onnx"), visible="onnx" in files),
+        })  # fmt: skip
+        return out
 
     follow_outputs = [
-        run_pick, progress, queue_md, loss_plot, map_plot, class_plot, best_file, log_box, status_json, ended_marker,
-        memo,
+        run_pick, progress, queue_md, loss_plot, map_plot, class_plot, best_file, log_box, status_json, deploy_file,
+        onnx_file, ended_marker, memo,
     ]  # fmt: skip
     timer.tick(follow, [run_pick, memo], follow_outputs, api_visibility="private", show_progress="hidden")
     run_pick.change(lambda n: follow(n, {}), [run_pick], follow_outputs, api_visibility="private")
@@ -185,7 +186,8 @@ def build(ctx: StudioContext) -> None:
                 continue
             paths.append(out["path"])
             texts.append(f"{form}{' (cached)' if out['cached'] else ''}: {out['check']}")
-        return paths[0], paths[1], "\n\n".join(texts)
+        shown = [gr.update(value=p, visible=p is not None) for p in paths]
+        return shown[0], shown[1], "\n\n".join(texts)
 
     export_btn.click(make_downloads, [run_pick], [deploy_file, onnx_file, check_box], api_visibility="private")
 
