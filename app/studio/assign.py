@@ -60,7 +60,12 @@ def build(ctx: StudioContext) -> None:
         with gr.Column(scale=3):
             summary = gr.Markdown("Press **Explore assignment** (the demo image is ready).", label="Summary")
             plot = gr.Plot(label="Lead vs auxiliary: objectness and positives", show_label=False)
-            table = gr.DataFrame(label="Per box (red: got no positive)", interactive=False, wrap=True)
+            table = gr.DataFrame(
+                headers=["box", "class", "size", "fine total", "coarse total", "no positive"],
+                label="Per box (red: got no positive)",
+                interactive=False,
+                wrap=True,
+            )
 
     with gr.Accordion("Dataset-level assignment statistics", open=False):
         with gr.Row():
@@ -76,8 +81,10 @@ def build(ctx: StudioContext) -> None:
             "image every N epochs; move the slider to watch them converge."
         )
         with gr.Row():
-            run_pick = gr.Dropdown(svc.snapshot_runs(ws), label="Run", allow_custom_value=True)
-            epoch = gr.Slider(0, 1, value=0, step=1, label="After epoch")
+            run_pick = gr.Dropdown(svc.snapshot_runs(ws), value=None, label="Run", allow_custom_value=True, scale=3)
+            refresh_runs = gr.Button("↻ runs", size="sm", scale=0, min_width=80)
+            epoch = gr.Slider(0, 1, value=0, step=1, label="After epoch", scale=4)
+            epoch_value = gr.Number(visible=False, precision=0, label="epoch")  # the API's input (no slider range)
         conv_plot = gr.Plot(show_label=False, label="Objectness after the epoch")
 
     # -- handlers ----------------------------------------------------------------------------------------------------
@@ -176,11 +183,20 @@ def build(ctx: StudioContext) -> None:
             raise _fail(exc) from None
         return fig
 
-    run_pick.focus(
-        lambda: gr.update(choices=svc.snapshot_runs(ws)), None, run_pick, api_visibility="private", queue=False
+    refresh_runs.click(lambda: gr.update(choices=svc.snapshot_runs(ws)), None, run_pick, api_visibility="private")
+    run_pick.input(pick_run, run_pick, [epoch, conv_plot], api_visibility="private")
+    epoch.release(lambda v: v, epoch, epoch_value, api_visibility="private", queue=False).then(
+        show_epoch, [run_pick, epoch_value], conv_plot, api_name="assign_convergence"
     )
-    run_pick.change(pick_run, run_pick, [epoch, conv_plot], api_visibility="private")
-    epoch.release(show_epoch, [run_pick, epoch], conv_plot, api_name="assign_convergence")
 
+    def splits_of(ds: str | None, current: str | None, current_stats: str | None) -> list[Any]:
+        try:
+            names = [*svc.split_names(ws, cache, ds or "demo"), "all"]
+        except Exception:  # noqa: BLE001 - an unreadable dataset says so when it is explored
+            return [gr.update(), gr.update()]
+        pick = [c if c in names else ("val" if "val" in names else names[0]) for c in (current, current_stats)]
+        return [gr.update(choices=names, value=pick[0]), gr.update(choices=names, value=pick[1])]
+
+    dataset.change(splits_of, [dataset, split, stats_split], [split, stats_split], api_visibility="private")
     ctx.checkpoint_pickers.append(checkpoint)
     ctx.dataset_pickers.append(dataset)
