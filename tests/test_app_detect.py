@@ -164,7 +164,7 @@ def test_hostile_checkpoint_upload_is_refused_and_detect_keeps_working(
     assert "system" in str(info.value)  # says what was refused
     assert not marker.exists()
     assert [e.id for e in ws.list_checkpoints()] == before
-    assert not list(ws.checkpoints_dir.glob("*.pt"))
+    assert not list(ws.checkpoints_dir.glob("yolov7_official*")) and not list(ws.checkpoints_dir.glob(".*"))
     with pytest.raises(svc.DetectError, match="not a checkpoint"):
         svc.add_checkpoint(ws, tmp_path / "notes.txt")
     # a good upload is listed under its name and detects
@@ -173,6 +173,21 @@ def test_hostile_checkpoint_upload_is_refused_and_detect_keeps_working(
     assert entry.id == "upload:mine.pt" and entry.id in [e.id for e in ws.list_checkpoints()]
     out = svc.detect(ws, cache, str(test_images(ws, 1)[0]), checkpoint=entry.id, save_json=False)
     assert out.record["img_size"] == 64
+
+
+def test_official_yolov7_upload_goes_through_the_safe_loader_and_detects(
+    ws: Workspace, cache: ModelCache, tmp_path: Path
+) -> None:
+    from tests.official_format import write_official
+
+    model = well_conditioned_(build_model("yolov7-tiny", 3, class_names=["a", "b", "c"]), head_gain=1.0).eval()
+    official = write_official(tmp_path / "yolov7-tiny.pt", model, "stripped")
+    entry = svc.add_checkpoint(ws, official)
+    assert entry.id == "upload:yolov7-tiny.pt"
+    out = svc.detect(ws, cache, str(test_images(ws, 1)[0]), checkpoint=entry.id, conf=0.1, save_json=False)
+    assert out.record["img_size"] == 640 and "official" in out.record["model"]  # no stored training size
+    want = Predictor(official, img_size=640)(str(test_images(ws, 1)[0]), conf=0.1)[0]
+    assert _same(out.detections[0].boxes, want.boxes, 1e-4) and torch.equal(out.detections[0].labels, want.labels)
 
 
 def test_onnx_form_agrees_with_the_deploy_form(ws: Workspace, cache: ModelCache) -> None:

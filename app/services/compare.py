@@ -145,12 +145,13 @@ def evaluate_model(
     split: str,
     *,
     batch_size: int = EVAL_BATCH_SIZE,
+    show_progress: bool = False,
 ) -> tuple[dict[str, Any], bool]:
     """pycocotools metrics of a checkpoint in ``form`` on a split, with parameters and GFLOPs; cached.
 
     Returns (record, from_cache). The record holds ``map50``, ``map``, ``per_class_ap50``, ``per_class_ap``
     (class name -> AP), ``stats`` (the 12 COCO numbers), ``params``, ``gflops``, ``img_size``, ``num_images``,
-    ``num_boxes``, ``eval_s``.
+    ``num_boxes``, ``eval_s``. ``show_progress``: a tqdm bar over the batches (the studio shows it).
     """
     from core.eval import evaluate
     from core.models.profile import count_gflops, count_params
@@ -179,7 +180,9 @@ def evaluate_model(
         params = count_params(model)
         gflops = count_gflops(model, img_size, aux=False)
         t0 = time.perf_counter()
-        result = evaluate(model, data, split, img_size=img_size, batch_size=batch_size, fuse=False)
+        result = evaluate(
+            model, data, split, img_size=img_size, batch_size=batch_size, fuse=False, progress=show_progress
+        )
         coco = result.coco
         return {
             "checkpoint": entry.id,
@@ -264,7 +267,7 @@ def compare(
     for k, (ckpt, form) in enumerate(pairs):
         label = f"{ckpt} ({form})"
         report(3 * k / steps, f"{label}: evaluating on {ds_entry.id}/{split} ({len(records)} images)")
-        metrics, hit = evaluate_model(ws, cache, ckpt, form, ds_entry.id, split)
+        metrics, hit = evaluate_model(ws, cache, ckpt, form, ds_entry.id, split, show_progress=progress is not None)
         if metrics["class_names"] != list(data.class_names):
             notes.append(f"{label}: evaluated with the dataset's class order {metrics['class_names']}")
         report((3 * k + 1) / steps, f"{label}: timing {runs} runs on {picture.name}")

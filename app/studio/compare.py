@@ -17,6 +17,7 @@ import pandas as pd
 
 from app.services import compare as svc
 from app.studio.context import StudioContext
+from app.studio.detect import NamedImage
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def build(ctx: StudioContext) -> None:
                 ctx.dataset_pickers.append(dataset_in)
                 split_in = gr.Dropdown(choices=splits, value=splits[0] if splits else "test", label="split")
             with gr.Accordion("image for latency and side-by-side predictions", open=False):
-                image_in = gr.Image(type="filepath", label="image (empty: an image of the split)", height=200)
+                image_in = NamedImage(type="filepath", label="image (empty: an image of the split)", height=200)
                 with gr.Row():
                     index_in = gr.Number(value=0, precision=0, minimum=0, label="image index in the split")
                     runs_in = gr.Slider(1, 20, value=svc.DEFAULT_LATENCY_RUNS, step=1, label="latency runs (median)")
@@ -87,7 +88,7 @@ def build(ctx: StudioContext) -> None:
         image: str | None = None,
         image_index: float | None = 0,
         runs: float = svc.DEFAULT_LATENCY_RUNS,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's way of asking for a progress bar
+        progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 - Gradio's way of asking for a progress bar
     ) -> tuple[Any, ...]:
         try:
             out = svc.compare(
