@@ -167,6 +167,13 @@ def get_predictor(ws: Workspace, cache: ModelCache, ident: str | None, form: str
 
     def build() -> Predictor:
         if form == "onnx":
+            try:
+                import onnx  # noqa: F401
+                import onnxruntime  # noqa: F401
+            except ImportError:
+                raise DetectError(
+                    "the ONNX Runtime form needs onnx and onnxruntime (pip install 'yolov7-studio[export]')"
+                ) from None
             return OnnxPredictor(loaded.model, _export_onnx(ws, entry.path, loaded.model, img_size), img_size=img_size)
         return Predictor(loaded.model, img_size=img_size, deploy=form == "deploy")
 
