@@ -55,7 +55,13 @@ def _run_studio(args: argparse.Namespace) -> int:
     return 0
 
 
-FRONT_ENDS = [register_studio]
+def register_dashboard(sub: argparse._SubParsersAction) -> None:
+    from app.dashboard.cli import register_dashboard as register  # Streamlit itself runs in a child process
+
+    register(sub)
+
+
+FRONT_ENDS = [register_studio, register_dashboard]
 
 
 def main(argv: list[str] | None = None) -> int:
