@@ -338,15 +338,18 @@ class JobRunner:
             OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads), PYTHONUNBUFFERED="1",
             PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p),
         )  # fmt: skip
-        with open(run.root / self.PROCESS_LOG, "ab") as out:
-            proc = subprocess.Popen(
-                cmd, cwd=run.root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
+        self._update_job(name, request=req.to_dict(), command=cmd, launched=time.time(), queued=entry.get("created"))
+        try:
+            with open(run.root / self.PROCESS_LOG, "ab") as out:
+                proc = subprocess.Popen(
+                    cmd, cwd=run.root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )  # fmt: skip
+        except OSError as exc:
+            self._update_job(name, returncode=127, error=f"cannot start the training process: {exc}")
+            return
         self._procs[name] = proc
-        self._update_job(
-            name, request=req.to_dict(), command=cmd, pid=proc.pid, launched=time.time(), queued=entry.get("created")
-        )
+        self._update_job(name, pid=proc.pid)
         log.info("started training %s (pid %d): %s", name, proc.pid, " ".join(cmd))
 
     # -- following -------------------------------------------------------------------------------------------------
@@ -364,7 +367,11 @@ class JobRunner:
         root = self.ws.runs_dir / name
         job = self._job(name) if job is None else job
         if job is not None:  # launched by a runner: its command line names the run directory
-            return "returncode" not in job and _pid_alive(job.get("pid"), root)
+            if "returncode" in job:
+                return False
+            if "pid" not in job:  # being launched right now (or the launcher died in between: give up after 60 s)
+                return time.time() - float(job.get("launched") or 0) < 60
+            return _pid_alive(job["pid"], root)
         status = RunDir(root).read_status() if status is None else status
         return _pid_alive((status or {}).get("pid"))  # a run started from the command line
 
