@@ -53,8 +53,10 @@ def build(ctx: StudioContext) -> None:
                     next_btn = gr.Button("next ▶", size="sm")
             with gr.Group():
                 gr.Markdown("**…or upload** (takes precedence over the dataset image; clear it to go back)")
-                image = gr.Image(type="filepath", label="Image", sources=["upload"], height=200)
-                labels = gr.File(label="Label file (YOLO .txt or VOC .xml)", file_types=[".txt", ".xml"])
+                image = gr.Image(type="filepath", label="Image", sources=["upload"], height=200, elem_id="assign_image")
+                labels = gr.File(
+                    label="Label file (YOLO .txt or VOC .xml)", file_types=[".txt", ".xml"], elem_id="assign_labels"
+                )
             img_size = gr.Number(value=0, precision=0, label="Input size (0: the checkpoint's training size)")
             run = gr.Button("Explore assignment", variant="primary")
         with gr.Column(scale=3):

@@ -53,7 +53,7 @@ def build(ctx: StudioContext) -> None:
                 dataset = gr.Dropdown(ctx.dataset_choices(), value="demo", label="Dataset", allow_custom_value=True)
                 check_btn = gr.Button("Check", variant="primary")
             with gr.Tab("Upload zip"):
-                upload = gr.File(label="Dataset .zip", file_types=[".zip"])
+                upload = gr.File(label="Dataset .zip", file_types=[".zip"], elem_id="data_zip")
                 name = gr.Textbox(label="Name (optional; default: the zip's name)")
                 upload_btn = gr.Button("Upload and check", variant="primary")
             with gr.Tab("Folder"):
@@ -115,8 +115,9 @@ def build(ctx: StudioContext) -> None:
                 result = svc.check(ws, dataset or "demo", progress=report_progress)
         except Exception as exc:  # noqa: BLE001 - every failure is a message in the page
             raise _fail(exc) from None
-        if result.rows:
-            gr.Info(f"{result.dataset_id}: {len(result.rows)} problems listed in the report")
+        left_out = sum(1 for r in result.rows if r["what was done"].startswith("left out"))
+        if left_out:
+            gr.Warning(f"{result.dataset_id}: {left_out} report row(s) with data left out; see the check report")
         return render(result)
 
     def link(folder: str, name: str | None = None, progress: gr.Progress = gr.Progress()) -> list[Any]:  # noqa: B008
