@@ -57,6 +57,7 @@ RECIPES: dict[str, str] = {
     "warmup 1,000 iterations (capped at a third of the run)",
 }
 DEFAULT_RECIPE = "small-data"
+DOUBLE_CLICK_S = 5.0  # the same unnamed request again within this time returns the first one
 
 
 class JobError(ValueError):
@@ -220,6 +221,7 @@ class JobRunner:
         self._procs: dict[str, subprocess.Popen] = {}
         self._lock = threading.RLock()
         self._export_lock = threading.Lock()
+        self._recent: list[tuple[float, dict[str, Any], str]] = []  # (time, request without name, name)
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
         self.poll()  # re-attach: a job still running keeps running; the queue continues if none is
@@ -298,12 +300,17 @@ class JobRunner:
         """Queue a training (it starts at once when nothing runs); returns its status (``queued`` or ``starting``).
 
         Refused with :class:`JobError` (nothing changed) for an unknown dataset/checkpoint, a bad option, or a name
-        that a run or a queued request already has.
+        that a run or a queued request already has. The same unnamed request again within ``DOUBLE_CLICK_S``
+        seconds (a double click) returns the first one's status instead of queueing a copy.
         """
         req = request if isinstance(request, TrainRequest) else TrainRequest.from_dict(dict(request))
         req.validate()
         self._resolve(req)  # refuse unknown ids now, not when the request's turn comes
         with self._locked():
+            same = {**req.to_dict(), "name": None}
+            for t, earlier, earlier_name in self._recent:  # a double click on Start: the same request again
+                if not req.name and earlier == same and time.time() - t < DOUBLE_CLICK_S:
+                    return self.status(earlier_name)
             if req.name:
                 name = req.name.strip()
                 if safe_name(name, "") != name:
@@ -316,6 +323,8 @@ class JobRunner:
             entry = {"name": name, "created": time.time(), "request": req.to_dict()}
             path = self.ws.queue_dir / f"{time.time_ns():020d}-{name}.json"
             _atomic_json(path, entry)
+            now = time.time()
+            self._recent = [r for r in self._recent if now - r[0] < DOUBLE_CLICK_S] + [(now, same, name)]
             log.info("queued training %s", name)
             self._poll_locked()
         return self.status(name)

@@ -138,6 +138,10 @@ def test_queue_is_fifo_on_disk_and_survives_a_new_runner(ws: Workspace, runners:
         assert again.poll() == "busy" and again.queue_names() == ["x", "y", "z"]  # nothing starts while busy
         with pytest.raises(JobError, match="exists already"):
             again.start({**TINY, "name": "y"})
+        auto = again.start({**TINY, "epochs": 2})  # no name: one is made up
+        assert auto["name"].startswith("yolov7-tiny-tiny-") and auto["queue_position"] == 4
+        assert again.start({**TINY, "epochs": 2})["name"] == auto["name"]  # a double click queues nothing more
+        assert again.stop(auto["name"])["state"] == "cancelled"
         assert again.stop("y")["state"] == "cancelled"
         assert [(e["name"], e["position"]) for e in r.queue()] == [("x", 1), ("z", 2)]
         assert r.status("z")["queue_position"] == 2
