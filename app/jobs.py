@@ -475,7 +475,7 @@ class JobRunner:
                 "message": f"waiting: position {entry['position']} in the queue", "queue": self.queue_names(),
                 "epoch": 0, "epochs": entry["request"].get("epochs"), "step": 0, "steps": None, "losses": {},
                 "metrics": {}, "results": [], "log_tail": "", "images_per_s": None, "eta_s": None, "eta": "",
-                "files": {},
+                "files": {}, "pid": None, "returncode": None, "run_dir": None,
             }  # fmt: skip
         root = self.ws.runs_dir / name
         if not name or safe_name(name, "") != name or not root.is_dir():
