@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from app.studio import assign, compare, data, detect, finetune
+from app.studio import annotate, assign, compare, data, detect, finetune, review
 from app.studio.context import StudioContext
 from app.workspace import DEMO_CHECKPOINT, Workspace
 
@@ -44,6 +44,10 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
                 assign.build(ctx)
             with gr.Tab("Data", id="data"):
                 data.build(ctx)
+            with gr.Tab("Annotate", id="annotate"):
+                annotate.build(ctx)
+            with gr.Tab("Review", id="review"):
+                review.build(ctx)
             with gr.Tab("Fine-tune", id="finetune"):
                 finetune.build(ctx)
             with gr.Tab("Compare", id="compare"):
