@@ -144,24 +144,42 @@ def _num(v: Any) -> float | None:
     return None if math.isnan(f) or math.isinf(f) else f
 
 
+def _parse(v: str) -> Any:
+    """A results.csv cell as ``RunDir.read_results`` reads it: '' -> NaN, whole numbers -> int, numbers -> float."""
+    if v == "":
+        return math.nan
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+
+
 def read_results(folder: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The rows of results.csv, and problems: a row cut short (a truncated file) or with a non-numeric epoch is
-    left out and named (``results.csv line N: ...``); the rows before it are kept."""
-    run = RunDir(folder)
-    if not run.results.is_file():
+    left out and named (``results.csv line N: ...``); the rows before it are kept.
+
+    Parsed here rather than by ``RunDir.read_results``, which raises on a row cut short.
+    """
+    path = RunDir(folder).results
+    if not path.is_file():
         return [], []
     try:
-        rows = run.read_results()
+        with open(path, newline="") as f:
+            raw = list(csv.DictReader(f))
     except (OSError, csv.Error, UnicodeDecodeError) as exc:
         return [], [f"results.csv: unreadable ({type(exc).__name__}: {exc})"]
     good, problems = [], []
-    for i, row in enumerate(rows, start=2):  # line 1 is the header
-        missing = [k for k, v in row.items() if v is None]  # DictReader fills a short row with None
-        if None in row or _num(row.get("epoch")) is None or missing:
-            what = "cut short" if missing else "malformed"
+    for i, r in enumerate(raw, start=2):  # line 1 is the header
+        if None in r.values() or None in r:  # DictReader: None for missing cells, key None for extra ones
+            what = "cut short" if None in r.values() else "has more cells than the header"
             problems.append(f"results.csv line {i}: {what} (a truncated or hand-edited file); row left out")
             continue
-        good.append(row)
+        parsed = {k: _parse(v) for k, v in r.items()}
+        if _num(parsed.get("epoch")) is None:
+            problems.append(f"results.csv line {i}: no epoch number; row left out")
+            continue
+        good.append(parsed)
     return good, problems
 
 
