@@ -202,7 +202,7 @@ def test_dataset_stats_and_figures(env: tuple[Workspace, ModelCache]) -> None:
 
 
 def test_convergence_over_snapshots(env: tuple[Workspace, ModelCache]) -> None:
-    from core.explore.training import write_snapshot  # the trainer's writer (ObjectnessHook)
+    from core.explore import write_snapshot  # the trainer's writer (ObjectnessHook)
 
     ws, cache = env
     model = svc.load_model(ws, cache, CK).model

@@ -154,7 +154,7 @@ def evaluate_model(
     ``num_boxes``, ``eval_s``. ``show_progress``: a tqdm bar over the batches (the studio shows it).
     """
     from core.eval import evaluate
-    from core.models.profile import count_gflops, count_params
+    from core.models import count_gflops, count_params
 
     if form not in COMPARE_FORMS:
         raise CompareError(f"unknown form {form!r}: use one of {', '.join(COMPARE_FORMS)}")

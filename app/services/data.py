@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from app.workspace import DatasetEntry, Workspace, WorkspaceError, safe_name
+from core.data import DATASET_FIGURES as FIGURES
 from core.data import (
     UnsafeArchiveError,
     ZipLimits,
@@ -34,7 +35,6 @@ from core.data import (
     render_preview,
     safe_extract,
 )
-from core.data.figures import FIGURES
 
 Progress = Callable[[float, str], None]
 UPLOAD_MARKER = ".yolov7-studio-upload"  # in an uploaded dataset's folder: the zip's name and the stripped top folder

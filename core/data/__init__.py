@@ -5,7 +5,8 @@ Public API (everything else in the package is an implementation detail):
 * Representation: ``DetectionDataset``, ``ImageRecord`` (boxes in pixel ``xyxy``), ``Issue``, ``SplitInfo``.
 * Reading: ``load_dataset(path, format=None)`` (folder, data.yaml, COCO json or .zip), ``detect_format``.
 * Checking: ``check_dataset(dataset) -> CheckReport`` (``.dataset`` is the cleaned dataset to train on),
-  ``report_to_text``, ``report_to_dict``, ``save_figures``, ``compute_stats``.
+  ``report_to_text``, ``report_to_dict``, ``save_figures``, ``compute_stats``,
+  ``DATASET_FIGURES`` (name -> figure function of the statistics).
 * Conversion: ``convert_dataset``, ``write_dataset``; for evaluation ``to_coco_dict`` / ``to_coco_api``.
 * Uploads: ``safe_extract``, ``ZipLimits``, ``UnsafeArchiveError``.
 * Training input: ``Hyp``/``get_hyp``/``HYP_PRESETS``, ``YoloDataset``, ``create_train_loader``,
@@ -19,6 +20,7 @@ from core.data.augment import LabelCounts
 from core.data.check import CheckReport, check_dataset
 from core.data.convert import convert_dataset, write_dataset
 from core.data.demo import ensure_demo_dataset, make_demo_dataset
+from core.data.figures import FIGURES as DATASET_FIGURES
 from core.data.figures import save_figures
 from core.data.hyp import HYP_PRESETS, Hyp, default_hyp_for, get_hyp
 from core.data.io_coco import coco_category_id, coco_image_id, to_coco_api, to_coco_dict
@@ -34,6 +36,7 @@ from core.data.stats import compute_stats
 from core.data.types import DetectionDataset, ImageRecord, Issue, SplitInfo
 
 __all__ = [
+    "DATASET_FIGURES",
     "Batch",
     "CheckReport",
     "DetectionDataset",

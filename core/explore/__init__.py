@@ -21,7 +21,7 @@ from core.explore.figure import default_level, exploration_figure, level_figure,
 from core.explore.labels import LabelError, read_labels
 from core.explore.stats import SIZE_BUCKETS, AssignmentStats, BoxCounts, GroupStats, assignment_stats, size_bucket
 from core.explore.stats_figures import STATS_FIGURES
-from core.explore.training import ObjectnessHook, convergence_figure, load_snapshots
+from core.explore.training import ObjectnessHook, convergence_figure, load_snapshots, write_snapshot
 from core.inference.eval_view import eval_view
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "explore_image",
     "level_figure",
     "load_snapshots",
+    "write_snapshot",
     "prepare_boxes",
     "read_labels",
     "save_exploration",

@@ -23,10 +23,13 @@ from core.models.blocks import (
 )
 from core.models.fuse import fuse_blocks, reparameterize
 from core.models.heads import Detect, IAuxDetect, IDetect
+from core.models.profile import count_gflops, count_params
 from core.models.specs import SPECS, Elan, ModelSpec, compound_scale, get_spec, scale_width
 from core.models.yolo import Yolo
 
 __all__ = [
+    "count_gflops",
+    "count_params",
     "MP",
     "SP",
     "SPECS",
