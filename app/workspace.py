@@ -7,6 +7,7 @@ One folder (default ``runs/studio``) shared by the Gradio studio, the Streamlit 
     <root>/runs/<name>/          training runs (core.train run directories)
     <root>/queue/                the job runner's queue (app.jobs)
     <root>/tmp/                  staging for uploads
+    <root>/cache/                exported ONNX graphs and comparison results (re-made when a checkpoint changes)
     <root>/workspace.json        dataset folders linked from outside (under an allowed root)
 
 Everything is found again by listing these folders, so nothing is lost when the studio restarts. Items are
@@ -29,6 +30,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS = REPO_ROOT / "assets"
 DEMO_CHECKPOINT = ASSETS / "demo_yolov7-tiny_aux.pt"
+DEMO_RUN = ASSETS / "demo_run"  # the run that made DEMO_CHECKPOINT: curves, log, objectness snapshots (no weights)
 DEFAULT_ROOT = Path("runs/studio")
 DEMO_DATASET_PARAMS = {"n_images": 300, "img_size": 320, "seed": 0}  # what the demo checkpoint was trained on
 DATASET_FILES = ("data.yaml", "data.yml", "dataset.yaml")
@@ -101,7 +103,16 @@ class Workspace:
 
         with self._lock:
             yaml_path = ensure_demo_dataset(self.demo_dataset_dir, **DEMO_DATASET_PARAMS)
+            self._seed_demo_run()
         return DatasetEntry("demo", "demo (built-in shapes)", yaml_path, "demo")
+
+    def _seed_demo_run(self) -> None:
+        """Copy the shipped record of the demo checkpoint's training into runs/demo (once; never overwritten)."""
+        dest = self.runs_dir / "demo"
+        if DEMO_RUN.is_dir() and not dest.exists():
+            tmp = Path(tempfile.mkdtemp(prefix=".demo_run.", dir=self.runs_dir))
+            shutil.copytree(DEMO_RUN, tmp, dirs_exist_ok=True)
+            os.replace(tmp, dest)
 
     # -- datasets -------------------------------------------------------------------------------------------------
     def _linked(self) -> dict[str, str]:
