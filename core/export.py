@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,13 +237,14 @@ def onnx_session(path: str | Path, threads: int | None = None) -> Any:
 
 @torch.no_grad()
 def verify_onnx(
-    path: str | Path,
+    path: str | Path | None,
     model: Yolo,
     *,
     nms: NmsConfig | None = None,
     inputs: list[torch.Tensor] | None = None,
     box_tol: float = 1e-2,
     prob_tol: float = 1e-4,
+    run: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> OnnxCheck:
     """Run the exported file in ONNX Runtime and ``model`` (deploy form) in PyTorch on the same inputs.
 
@@ -250,22 +252,32 @@ def verify_onnx(
     of ONNX Runtime must equal :func:`core.nms.non_max_suppression` on the PyTorch output: same number, same
     classes in the same order, boxes within ``box_tol`` px, scores within ``prob_tol``.
     ``inputs`` default: a probe batch at the size (and fixed batch size) stored in the file.
+    ``run``: another runtime of the same graph (``[B, 3, H, W]`` float32 -> decoded output, no NMS) to check
+    instead of an ONNX Runtime session of ``path``; then ``inputs`` are required.
     """
     net = convert_for_deploy(model, check=False).model.float().cpu().eval()
-    session = onnx_session(path)
-    if inputs is None:
+    if run is not None:
+        if inputs is None or nms is not None:
+            raise ValueError("verify_onnx with run= needs inputs and checks the decoded output only (nms=None)")
+        session = None
+    else:
+        if path is None:
+            raise ValueError("verify_onnx needs a path or run=")
+        session = onnx_session(path)
+    if session is not None and inputs is None:
         meta = session.get_modelmeta().custom_metadata_map
         h, w = json.loads(meta.get("img_size", "[640, 640]"))
         batch = session.get_inputs()[0].shape[0]
         inputs = [probe_image((h, w), batch if isinstance(batch, int) else 1)]
+    assert inputs is not None
     check = OnnxCheck(input_shapes=[list(x.shape) for x in inputs])
     for x in inputs:
         ref = net(x)
-        got = session.run(None, {"images": x.numpy()})
+        got = [run(x.numpy())] if run is not None else session.run(None, {"images": x.numpy()})
         if nms is None:
             out = torch.from_numpy(got[0])
             if out.shape != ref.shape:
-                raise ExportError(f"{path}: output shape {tuple(out.shape)}, expected {tuple(ref.shape)}")
+                raise ExportError(f"{path or 'runtime'}: output shape {tuple(out.shape)}, expected {tuple(ref.shape)}")
             check.max_box_px = max(check.max_box_px, float((out[..., :4] - ref[..., :4]).abs().max()))
             check.max_prob = max(check.max_prob, float((out[..., 4:] - ref[..., 4:]).abs().max()))
             continue

@@ -9,6 +9,9 @@ colour 114, ``INTER_LINEAR``) -> RGB ``/255`` -> fused deploy network -> NMS (:m
 semantics on ``torchvision.ops``) -> boxes mapped back to original pixels and clipped. Images whose letterboxed
 shapes are equal are run together in batches of ``batch_size``; the result does not depend on the batching.
 
+The network runs in PyTorch or, with ``backend=``, in ONNX Runtime or OpenVINO on the CPU
+(:mod:`core.inference.backends`); letterbox and NMS are the same for every backend.
+
 Safe to share between threads (e.g. the request threads of a web server): a call changes no state of the predictor
 or of the process; its timing comes back with its result (:attr:`Predictions.timing`).
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import logging
 import threading
 import time
 import warnings
@@ -30,6 +34,14 @@ import torch
 
 from core.checkpoint.io import load_model
 from core.device import select_device
+from core.inference.backends import (
+    BACKEND_LABELS,
+    CPU_PREFERENCE,
+    BackendError,
+    Runner,
+    build_runner,
+    resolve_backend,
+)
 from core.inference.deploy import ReparamCheck, convert_for_deploy, source_form
 from core.inference.letterbox import LetterboxInfo, letterbox, letterbox_geometry
 from core.inference.results import Detections
@@ -38,16 +50,20 @@ from core.models.yolo import Yolo
 from core.nms import NmsConfig, apply_nms
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+log = logging.getLogger(__name__)
 
 
 class Predictions(list[Detections]):
     """The result of one :class:`Predictor` call: a list of :class:`Detections` (one per image, in input order)
     with that call's ``timing``: ``preprocess_ms``, ``inference_ms``, ``nms_ms`` (summed over batches) and
-    ``images``."""
+    ``images``, and the ``backend`` that ran the network (``torch``, ``onnxruntime`` or ``openvino``)."""
 
-    def __init__(self, detections: Iterable[Detections] = (), timing: dict[str, float] | None = None) -> None:
+    def __init__(
+        self, detections: Iterable[Detections] = (), timing: dict[str, float] | None = None, backend: str = "torch"
+    ) -> None:
         super().__init__(detections)
         self.timing: dict[str, float] = dict(timing or {})
+        self.backend = backend
 
 
 def _denormals_flushed() -> bool:
@@ -94,6 +110,13 @@ class Predictor:
         flush_denormal: flush denormal floats to zero while a call runs on the CPU (in the calling thread only,
             restored afterwards; denormal activations can make CPU convolutions 10x slower and change no
             detection).
+        backend: where the network runs: ``"torch"``; ``"onnxruntime"`` or ``"openvino"`` (CPU, fp32: the deploy
+            form exported to ONNX once, cached in ``cache_dir`` per weights hash and size, verified against
+            PyTorch when built); ``"auto"``: PyTorch on CUDA, else the fastest installed CPU runtime, falling back
+            (with the reason logged and kept in :attr:`backend_notes`) to PyTorch. The one chosen is
+            :attr:`backend` and each call's ``Predictions.backend``.
+        cache_dir: export cache (default ``$YOLOV7_STUDIO_CACHE`` or ``~/.cache/yolov7-studio``).
+        threads: CPU threads of the ONNX Runtime / OpenVINO backend (default: the runtime's choice).
 
     One predictor can serve several threads at once: calls share only read-only state (the model in eval mode,
     the settings). Each call returns :class:`Predictions` carrying its own ``timing``; :attr:`timing` is the
@@ -114,8 +137,15 @@ class Predictor:
         channels_last: bool = True,
         batch_size: int = 8,
         flush_denormal: bool = True,
+        backend: str = "torch",
+        cache_dir: str | Path | None = None,
+        threads: int | None = None,
     ) -> None:
+        requested = (backend or "torch").strip().lower()
+        if requested in ("onnxruntime", "openvino") and str(device) == "auto":
+            device = "cpu"  # the runtimes run on the CPU
         self.device = select_device(device)
+        self.backend, self.backend_notes = resolve_backend(requested, self.device)
         if isinstance(model, (str, Path)):
             loaded = load_model(model)
             model, self.description = loaded.model, loaded.summary()
@@ -151,7 +181,34 @@ class Predictor:
         self.rect = rect
         self.nms = nms or NmsConfig()
         self.batch_size = max(1, int(batch_size))
+        self._runner: Runner | None = None
+        self.export_path: Path | None = None
+        if self.backend != "torch":
+            self._start_runtime(requested, cache_dir, threads)
         self._last = threading.local()
+
+    def _start_runtime(self, requested: str, cache_dir: str | Path | None, threads: int | None) -> None:
+        """Build the runner of :attr:`backend`; under ``auto`` a failing runtime gives way to the next one."""
+        if self.precision != "fp32":
+            raise ValueError(f"backend {self.backend!r} runs fp32 only (precision {self.precision!r})")
+        candidates = [self.backend]
+        if requested == "auto":
+            candidates = [b for b in CPU_PREFERENCE[CPU_PREFERENCE.index(self.backend) :]]
+        for name in candidates:
+            if name == "torch":
+                break
+            try:
+                self._runner, self.export_path = build_runner(
+                    name, self.model, self.img_size, directory=cache_dir, threads=threads
+                )
+                self.backend = name
+                return
+            except BackendError as exc:
+                if requested != "auto":
+                    raise
+                self.backend_notes.append(str(exc))
+        self.backend = "torch"
+        log.warning("backend auto: running PyTorch (%s)", "; ".join(self.backend_notes) or "no runtime")
 
     @property
     def timing(self) -> dict[str, float]:
@@ -193,9 +250,18 @@ class Predictor:
         x = x.half() if self.precision == "fp16" else x.float()
         return x.div_(255.0), [info for _, info in boxed]
 
+    @property
+    def backend_label(self) -> str:
+        """The backend in words, e.g. ``ONNX Runtime (CPU)`` or ``PyTorch cpu fp32``."""
+        if self.backend == "torch":
+            return f"PyTorch {self.device} {self.precision}"
+        return f"{BACKEND_LABELS[self.backend]} (CPU)"
+
     @torch.inference_mode()
     def infer(self, x: torch.Tensor) -> torch.Tensor:
         """Network forward of a ``[B, 3, H, W]`` batch: decoded ``[B, N, 5+nc]`` float32 (xywh input pixels)."""
+        if self._runner is not None:
+            return torch.from_numpy(self._runner(np.ascontiguousarray(x.float().cpu().numpy())))
         if self.precision == "bf16":
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 raw = self.model.forward_levels(x, aux=False)
@@ -252,7 +318,7 @@ class Predictor:
         with flush_denormals(self.flush_denormal):
             self._run(images, groups, cfg, results, timing)
         self._last.timing = timing
-        return Predictions((r for r in results if r is not None), timing)
+        return Predictions((r for r in results if r is not None), timing, self.backend)
 
     def _run(
         self,
