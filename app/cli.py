@@ -55,13 +55,19 @@ def _run_studio(args: argparse.Namespace) -> int:
     return 0
 
 
+def register_fiftyone(sub: argparse._SubParsersAction) -> None:
+    from app.fiftyone_bridge import register_fiftyone as register  # FiftyOne itself is imported when the command runs
+
+    register(sub)
+
+
 def register_dashboard(sub: argparse._SubParsersAction) -> None:
     from app.dashboard.cli import register_dashboard as register  # Streamlit itself runs in a child process
 
     register(sub)
 
 
-FRONT_ENDS = [register_studio, register_dashboard]
+FRONT_ENDS = [register_studio, register_fiftyone, register_dashboard]
 
 
 def main(argv: list[str] | None = None) -> int:
