@@ -39,6 +39,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch", type=int, default=4, help="images per forward pass (default 4)")
     p.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnxruntime", "openvino", "auto"],
+        help="where the network runs: torch (default), onnxruntime or openvino (CPU, the deploy form exported "
+        "once and cached), auto (CUDA torch when present, else the fastest installed CPU runtime)",
+    )
+    p.add_argument(
+        "--cache-dir", default=None, help="export cache (default $YOLOV7_STUDIO_CACHE or ~/.cache/yolov7-studio)"
+    )
+    p.add_argument(
         "--coco91", action="store_true", help="COCO results with the 91-id COCO categories (80-class models)"
     )
     p.add_argument("--no-images", action="store_true", help="write JSON only, no annotated images")
@@ -58,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from core.checkpoint.io import CheckpointError
     from core.device import DeviceError
     from core.inference import COCO80_TO_COCO91, ImageReadError, InputImage, Predictor, draw_detections
+    from core.inference.backends import BackendError
     from core.inference.sources import expand_paths, read_image
     from core.nms import NmsConfig
 
@@ -77,11 +88,16 @@ def run(args: argparse.Namespace) -> int:
             nms=nms,
             precision=args.precision,
             batch_size=args.batch,
+            backend=args.backend,
+            cache_dir=args.cache_dir,
         )
-    except (CheckpointError, DeviceError, ValueError) as exc:
+    except (CheckpointError, DeviceError, BackendError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"model: {predictor.description} on {predictor.device} ({predictor.precision})")
+    print(f"backend: {predictor.backend} ({predictor.backend_label})")
+    for note in predictor.backend_notes:
+        print(f"  skipped: {note}")
     if predictor.deploy_check is not None:
         c = predictor.deploy_check
         print(

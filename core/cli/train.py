@@ -101,6 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--conf", type=float, default=0.001)
     v.add_argument("--iou", type=float, default=0.65)
     v.add_argument("--device", default="auto")
+    v.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "openvino", "auto"))
     v.add_argument("--workers", type=int, default=2)
     v.add_argument("--save-json", default=None, help="write the COCO results JSON here")
     v.add_argument("--json", action="store_true", help="print metrics as JSON")
@@ -255,15 +256,22 @@ def run_val(args: argparse.Namespace) -> int:
     if not dataset.split(args.split):
         print(f"error: no images in split '{args.split}' (splits: {dataset.split_counts()})", file=sys.stderr)
         return 2
+    from core.inference.backends import backend_network
+
+    try:
+        net, backend, _ = backend_network(model, args.backend, select_device(args.device), args.img)
+    except (ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     result = evaluate(
-        model,
+        net,
         dataset,
         args.split,
         img_size=args.img,
         batch_size=args.batch,
         workers=args.workers,
         nms=NmsConfig(conf=args.conf, iou=args.iou, multi_label=True),
-        device=select_device(args.device),
+        device=select_device(args.device) if backend == "torch" else "cpu",
         save_json=args.save_json,
         progress=not args.json,
     )
@@ -283,7 +291,7 @@ def run_val(args: argparse.Namespace) -> int:
             )
         )
     else:
-        print(loaded.summary())
+        print(f"{loaded.summary()}, backend {backend}")
         print(result.coco.summary)
         print(result.summary())
     return 0

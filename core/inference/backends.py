@@ -78,7 +78,7 @@ def resolve_backend(backend: str, device: torch.device) -> tuple[str, list[str]]
     if backend == "auto":
         if device.type != "cpu":
             return "torch", []
-        skipped = []
+        skipped: list[str] = []
         for name in CPU_PREFERENCE:
             why = missing_runtime(name)
             if why is None:
@@ -258,3 +258,56 @@ def build_runner(
         text = checks[backend]["text"]
         raise BackendError(f"{backend}: the exported graph {entry.path.name} failed its check: {text}")
     return runner, entry.path
+
+
+class RuntimeNetwork(torch.nn.Module):
+    """A runner as a module: ``[B, 3, H, W]`` float in [0, 1] -> decoded ``[B, N, 5+nc]`` float32 (CPU tensors),
+    for code that takes a network, e.g. :func:`core.eval.evaluate`."""
+
+    def __init__(self, runner: Runner, backend: str, stride: int) -> None:
+        super().__init__()
+        self.runner, self.backend, self.stride = runner, backend, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.runner(np.ascontiguousarray(x.detach().float().cpu().numpy())))
+
+
+def backend_network(
+    model: Yolo,
+    backend: str,
+    device: torch.device,
+    img_size: int,
+    *,
+    directory: str | Path | None = None,
+    threads: int | None = None,
+) -> tuple[torch.nn.Module, str, list[str]]:
+    """(network, backend used, notes) for evaluation: ``model`` itself for PyTorch, else a :class:`RuntimeNetwork`.
+
+    ``auto`` falls back like the predictor (notes say why); the runtimes need a model whose largest stride is 32
+    (the evaluator pads batches to multiples of 32).
+    """
+    from core.inference.deploy import convert_for_deploy
+
+    requested = (backend or "torch").strip().lower()
+    chosen, notes = resolve_backend(requested, torch.device("cpu") if requested in _RUNTIME_MODULES else device)
+    if chosen == "torch":
+        return model, chosen, notes
+    if int(model.stride.max()) != 32:
+        why = f"the evaluator pads to multiples of 32, this model's largest stride is {int(model.stride.max())}"
+        if requested != "auto":
+            raise BackendError(f"backend {chosen!r} for evaluation: {why}")
+        return model, "torch", [*notes, why]
+    deploy = convert_for_deploy(model, check=False).model.float().cpu().eval()
+    order = [chosen] if requested != "auto" else list(CPU_PREFERENCE[CPU_PREFERENCE.index(chosen) :])
+    for name in order:
+        if name == "torch":
+            break
+        try:
+            runner, _ = build_runner(name, deploy, img_size, directory=directory, threads=threads)
+            return RuntimeNetwork(runner, name, 32), name, notes
+        except BackendError as exc:
+            if requested != "auto":
+                raise
+            notes.append(str(exc))
+    log.warning("backend auto: evaluating with PyTorch (%s)", "; ".join(notes))
+    return model, "torch", notes
