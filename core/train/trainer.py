@@ -456,7 +456,7 @@ class Trainer:
             self.log(result.summary())
         lrs = [g["lr"] for g in self.optimizer.param_groups]
         with warnings.catch_warnings():  # a run resumed right before an evaluation has no optimizer step yet
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
             self.scheduler.step()
         row: dict[str, Any] = {"epoch": epoch + 1}
         row.update({k: v for k, v in self.running_losses().items()})
