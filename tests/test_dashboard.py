@@ -88,7 +88,7 @@ def app_test(page: str | None = None) -> Any:
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
     at.run()
     if page:
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"views/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 

@@ -1,7 +1,7 @@
 """Entry script of the Streamlit dashboard: ``streamlit run app/dashboard/app.py -- --workspace DIR --runs DIR``.
 
 (``yolov7-studio dashboard`` runs this.) Only the navigation lives here; each page is a small script in
-``pages/`` and the work is done by plain functions in ``app.services``.
+``views/`` and the work is done by plain functions in ``app.services``.
 """
 
 from __future__ import annotations
@@ -15,18 +15,22 @@ REPO = HERE.parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+if not hasattr(sys.modules.get("app"), "__path__"):  # this file, imported as ``app`` through the old sys.path
+    sys.modules.pop("app", None)
 
 import streamlit as st  # noqa: E402
 
 from app.dashboard.context import get_context  # noqa: E402
 
-st.set_page_config(page_title="YOLOv7 studio dashboard", page_icon="📈", layout="wide")
+st.set_page_config(page_title="YOLOv7 studio dashboard", page_icon=":material/monitoring:", layout="wide")
 PAGES = [
-    st.Page(str(HERE / "pages" / "runs.py"), title="Runs", icon="📈", url_path="runs", default=True),
-    st.Page(str(HERE / "pages" / "compare.py"), title="Compare", icon="⚖️", url_path="compare"),
-    st.Page(str(HERE / "pages" / "datasets.py"), title="Datasets", icon="🗂️", url_path="datasets"),
-    st.Page(str(HERE / "pages" / "assignments.py"), title="Assignments", icon="🎯", url_path="assignments"),
-    st.Page(str(HERE / "pages" / "launch.py"), title="Launch", icon="🚀", url_path="launch"),
+    st.Page(str(HERE / "views" / "runs.py"), title="Runs", icon=":material/monitoring:", default=True),
+    st.Page(str(HERE / "views" / "compare.py"), title="Compare", icon=":material/compare_arrows:", url_path="compare"),
+    st.Page(str(HERE / "views" / "datasets.py"), title="Datasets", icon=":material/dataset:", url_path="datasets"),
+    st.Page(
+        str(HERE / "views" / "assignments.py"), title="Assignments", icon=":material/target:", url_path="assignments"
+    ),
+    st.Page(str(HERE / "views" / "launch.py"), title="Launch", icon=":material/rocket_launch:", url_path="launch"),
 ]
 page = st.navigation(PAGES)
 ctx = get_context()

@@ -41,7 +41,8 @@ def command(args: argparse.Namespace) -> list[str]:
     cmd = [
         sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", args.host, "--server.port",
         str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-        "--server.fileWatcherType", "none", "--", "--workspace", str(Path(args.workspace).resolve()),
+        "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal",
+        "--", "--workspace", str(Path(args.workspace).resolve()),
     ]  # fmt: skip
     if args.runs:
         cmd += ["--runs", *(str(Path(r).resolve()) for r in args.runs)]

@@ -24,7 +24,7 @@ def group_rows(stats: Any) -> list[dict[str, Any]]:
                     "coarse / box": g.coarse_mean,
                     "coarse: none %": None if g.coarse_none_share is None else 100 * g.coarse_none_share,
                     **{
-                        f"fine on {lv}": share
+                        f"fine on {lv} (share)": share
                         for lv, share in zip(stats.level_names, g.fine_level_share or [], strict=False)
                     },
                 }

@@ -434,7 +434,7 @@ def tradeoff_figure(summaries: list[RunSummary]) -> go.Figure:
             hovertemplate="%{text}<br>latency %{x:.1f} ms<br>mAP50-95 %{y:.3f}<br>mAP50 %{customdata[1]:.3f}"
             "<br>%{customdata[0]:.2f} M params<extra></extra>",
         )  # fmt: skip
-    fig.update_xaxes(title_text="inference latency (ms / image, final evaluation, the run's device)")
+    fig.update_xaxes(title_text="inference latency (ms / image, final evaluation, the run's device; log)", type="log")
     fig.update_yaxes(title_text="best mAP50-95")
     return _layout(fig, title, 420)
 

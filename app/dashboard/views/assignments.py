@@ -56,9 +56,8 @@ with tab_stats:
         else:
             st.session_state["as_done"] = (checkpoint, dataset, split, max_images)
             st.markdown(out["summary"])
-            cols = st.columns(2)
-            for i, (key, fig) in enumerate(out["figures"].items()):
-                cols[i % 2].plotly_chart(fig, key=f"as_fig_{key}")
+            for key, fig in out["figures"].items():  # wide figures (two panels each): one per row
+                st.plotly_chart(fig, key=f"as_fig_{key}")
             st.dataframe(
                 pd.DataFrame(out["rows"]).style.format(precision=2, na_rep="–"),
                 hide_index=True, width="stretch", key="as_groups",

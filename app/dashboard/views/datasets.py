@@ -11,13 +11,7 @@ from app.dashboard.context import get_context
 from app.services import dashboard_datasets as DD
 from app.services.data import DataError
 
-FIGURE_TITLES = {
-    "class_counts": "Classes",
-    "boxes_per_image": "Boxes per image",
-    "box_sizes": "Box sizes against the models' anchors",
-    "anchor_levels": "Which level (stride) fits the boxes",
-    "image_sizes": "Image sizes",
-}
+WIDE = {"box_sizes"}  # three panels, one per model group
 GRID = 12
 
 
@@ -59,7 +53,7 @@ except DataError as exc:
     st.stop()
 
 st.markdown(result.summary)
-tab_report, tab_stats, tab_samples, tab_aug = st.tabs(["Check report", "Statistics", "Samples", "Augmentation"])
+tab_stats, tab_samples, tab_report, tab_aug = st.tabs(["Statistics", "Samples", "Check report", "Augmentation"])
 with tab_report:
     if not result.rows:
         st.success("No problems found: every image and label was used as it is.")
@@ -75,10 +69,12 @@ with tab_stats:
     if result.anchors:
         st.markdown("**Best possible recall (BPR) per model group** — the share of boxes an anchor can match")
         st.dataframe(pd.DataFrame(result.anchors), hide_index=True, width="stretch", key="anchor_table")
-    cols = st.columns(2)
-    for i, (key, fig) in enumerate(result.figures.items()):
-        with cols[i % 2]:
-            st.markdown(f"**{FIGURE_TITLES.get(key, key)}**")
+    narrow = [(k, f) for k, f in result.figures.items() if k not in WIDE]
+    for start in range(0, len(narrow), 2):  # two to a row
+        for col, (key, fig) in zip(st.columns(2), narrow[start : start + 2], strict=False):
+            col.plotly_chart(fig, key=f"fig_{key}")
+    for key, fig in result.figures.items():
+        if key in WIDE:  # a row of its own
             st.plotly_chart(fig, key=f"fig_{key}")
 with tab_samples:
     try:

@@ -29,7 +29,7 @@ with st.form("launch_form"):
     img = c4.number_input("Image size", 32, 4096, 320, step=32, key="ln_img")
     batch = c5.number_input("Batch", 1, 1024, 16, key="ln_batch")
     recipe = st.radio("Recipe", list(RECIPES), index=list(RECIPES).index(DEFAULT_RECIPE), key="ln_recipe")
-    st.caption(RECIPES[recipe])
+    st.caption("  \n".join(f"**{k}**: {v}" for k, v in RECIPES.items()))
     name = st.text_input("Run name (optional)", placeholder="automatic: variant-dataset-time", key="ln_name")
     submitted = st.form_submit_button("Start training", type="primary")
 if submitted:
