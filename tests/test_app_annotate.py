@@ -162,3 +162,110 @@ def test_prelabels_equal_the_predictor_and_stay_apart_until_saved(ws: Workspace,
     assert Path(out["label_file"]).read_text() == label_before  # predictions are not labels until saved
     saved = ann.save_annotation(ws, ds, key, out["predictions"][:2], out["token"])
     assert saved["predictions"] == [] and len(saved["boxes"]) == 2
+
+
+# -- against a launched studio ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory: pytest.TempPathFactory):
+    """The studio served in this process on a free port, with a small linked YOLO dataset ``folder:small``."""
+    from app.studio.app import launch
+    from tests.studio_server import free_port
+
+    tmp = tmp_path_factory.mktemp("annotate_studio")
+    root = tmp / "ws"
+    make_demo_dataset(tmp / "small", n_images=4, img_size=160, seed=4)
+    Workspace(root, allowed_roots=[tmp]).link_folder(tmp / "small" / "data.yaml", "small")
+    demo = launch(root, port=free_port(), block=False, allowed_roots=[tmp])
+    try:
+        yield demo.local_url, Workspace(root, allowed_roots=[tmp])
+    finally:
+        demo.close()
+
+
+@pytest.mark.slow
+def test_annotation_endpoints_with_gradio_client(studio) -> None:
+    from gradio_client import Client
+
+    url, ws = studio
+    client = Client(url, verbose=False)
+    key = ann.list_images(ws, "folder:small")[0]["key"]
+    rec = client.predict("folder:small", key, api_name="/annotation_load")
+    assert rec["key"] == key and rec["format"] == "yolo" and rec["token"]
+    box = {"xmin": 5, "ymin": 6, "xmax": 40, "ymax": 50, "label": "triangle"}
+    saved = client.predict("folder:small", key, rec["boxes"] + [box], rec["token"], api_name="/annotation_save")
+    assert len(saved["boxes"]) == len(rec["boxes"]) + 1 and saved["token"] != rec["token"]
+    assert Path(saved["label_file"]).read_text().count("\n") == len(saved["boxes"])
+    with pytest.raises(Exception, match="changed in another tab"):
+        client.predict("folder:small", key, [], rec["token"], api_name="/annotation_save")
+    pre = client.predict("folder:small", key, "demo", 0.01, api_name="/prelabel")
+    assert isinstance(pre["predictions"], list) and pre["boxes"] == saved["boxes"]
+    table, gallery, summary, first = client.predict(
+        "folder:small", "demo", "all", 0.5, 4, False, api_name="/review_queue"
+    )
+    assert summary["images"] == 4 and set(summary["by_kind"]) == set(review_kinds())
+    assert table["headers"][:3] == ["rank", "score", "kind"]
+
+
+def review_kinds() -> tuple[str, ...]:
+    from app.services.review import KINDS
+
+    return KINDS
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_a_box_drawn_in_the_browser_lands_in_the_label_file(studio) -> None:
+    """Debian Chromium draws a box on the first image with the editor's Create-box tool and presses Save."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("no Chromium on this machine (./scripts/test.sh installs Debian's chromium when run as root)")
+    url, ws = studio
+    key = ann.list_images(ws, "demo")[0]["key"]  # what the tab opens first
+    before = ann.load_annotation(ws, "demo", key)
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"]  # fmt: skip
+    shots = Path(__file__).resolve().parents[1] / "runs" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=args)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.get_by_role("tab", name="Annotate").click()
+        page.wait_for_function(
+            "k => document.body.innerText.includes(k + ' (train')", arg=key, timeout=60_000
+        )  # the record line under the editor
+        canvas = page.locator("#annotate_editor canvas").first
+        canvas.scroll_into_view_if_needed()
+        page.locator("#annotate_editor button[aria-label='Create box']").click()
+        bb = canvas.bounding_box()
+        assert bb is not None
+        scale = bb["height"] / before["height"]  # the image is fitted to the canvas height, centred
+        left = bb["x"] + (bb["width"] - before["width"] * scale) / 2
+        x0, y0 = left + 4 * scale, bb["y"] + 100 * scale
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        page.mouse.move(x0 + 15 * scale, y0 + 15 * scale, steps=6)
+        page.mouse.move(x0 + 30 * scale, y0 + 40 * scale, steps=6)
+        page.mouse.up()
+        page.screenshot(path=str(shots / "annotate_drawn.png"))
+        page.locator("#annotate_save").click()
+        page.wait_for_function("() => document.body.innerText.includes('version 1 of 2')", timeout=30_000)
+        page.screenshot(path=str(shots / "annotate_saved.png"))
+        browser.close()
+    after = ann.load_annotation(ws, "demo", key)
+    assert len(after["boxes"]) == len(before["boxes"]) + 1
+
+    def coords(b: dict) -> np.ndarray:
+        return np.array([b[k] for k in ("xmin", "ymin", "xmax", "ymax")])
+
+    # the editor sends whole pixels: the boxes already there come back within 0.5 px, with their classes
+    new = [b for b in after["boxes"] if not any(np.abs(coords(b) - coords(o)).max() <= 0.5 for o in before["boxes"])]
+    assert len(new) == 1
+    kept = sorted((b["label"], *np.round(coords(b))) for b in after["boxes"] if b is not new[0])
+    assert kept == sorted((b["label"], *np.round(coords(b))) for b in before["boxes"])
+    got = coords(new[0])
+    assert np.abs(got - [4, 100, 34, 140]).max() <= 3  # where the mouse went, in image pixels

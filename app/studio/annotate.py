@@ -67,6 +67,8 @@ def editor_value(record: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def editor_boxes(value: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The boxes of the annotator's value, as the save endpoint takes them."""
+    if (value or {}).get("orientation"):
+        raise gr.Error("the image is shown rotated: rotate it back before saving (labels are kept unrotated)")
     out = []
     for b in (value or {}).get("boxes") or []:
         out.append({k: b.get(k) for k in ("xmin", "ymin", "xmax", "ymax", "label")})
@@ -157,33 +159,33 @@ def build(ctx: StudioContext) -> None:
                 record = gr.JSON(label="record")
 
     # -- plain functions behind the endpoints ------------------------------------------------------------------
-    def load(ds: str, k: str) -> dict[str, Any]:
-        if not k:
+    def load(dataset_id: str, image_key: str) -> dict[str, Any]:
+        if not image_key:
             raise gr.Error("pick an image first")
         try:
-            return svc.load_annotation(ws, ds, k)
+            return svc.load_annotation(ws, dataset_id, image_key)
         except Exception as exc:
             raise _fail(exc) from None
 
-    def save(ds: str, k: str, boxes: Any, tok: str) -> dict[str, Any]:
-        if not k:
+    def save(dataset_id: str, image_key: str, boxes: Any, token: str) -> dict[str, Any]:
+        if not image_key:
             raise gr.Error("pick an image first")
         try:
-            return svc.save_annotation(ws, ds, k, boxes or [], tok or None)
+            return svc.save_annotation(ws, dataset_id, image_key, boxes or [], token or None)
         except Exception as exc:
             raise _fail(exc) from None
 
-    def do_undo(ds: str, k: str, tok: str) -> dict[str, Any]:
+    def do_undo(dataset_id: str, image_key: str, token: str) -> dict[str, Any]:
         try:
-            return svc.undo(ws, ds, k, tok or None)
+            return svc.undo(ws, dataset_id, image_key, token or None)
         except Exception as exc:
             raise _fail(exc) from None
 
-    def do_prelabel(ds: str, k: str, ck: str, c: float) -> dict[str, Any]:
-        if not k:
+    def do_prelabel(dataset_id: str, image_key: str, checkpoint_id: str, conf: float) -> dict[str, Any]:
+        if not image_key:
             raise gr.Error("pick an image first")
         try:
-            return svc.prelabel(ws, cache, ds, k, ck, float(c))
+            return svc.prelabel(ws, cache, dataset_id, image_key, checkpoint_id, float(conf))
         except Exception as exc:
             raise _fail(exc) from None
 

@@ -95,12 +95,16 @@ def build(ctx: StudioContext) -> None:
             gallery = gr.Gallery(label="top cases (red: label, blue: model)", columns=4, height=360, interactive=False)
             cases_state = gr.State([])
 
-    def run(ds: str, ck: str, sp: str, c: float, n: float, assign: bool, progress: gr.Progress = gr.Progress()) -> Any:  # noqa: B008
+    def run(
+        dataset_id: str, checkpoint_id: str, split: str, conf: float, max_images: float, assignment: bool,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+    ) -> Any:  # fmt: skip
         import pandas as pd
 
         try:
             out = svc.review_queue(
-                ws, cache, ds, ck, split=sp or "all", conf=float(c), max_images=int(n), assignment=bool(assign),
+                ws, cache, dataset_id, checkpoint_id, split=split or "all", conf=float(conf),
+                max_images=int(max_images), assignment=bool(assignment),
                 progress=lambda f, m: progress(f, desc=m),
             )  # fmt: skip
         except svc.ReviewError as exc:
