@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -98,14 +99,22 @@ def _torchrun(tmp_path: Path, mode: str, data: Path, out: Path) -> subprocess.Co
     script = tmp_path / "ddp_job.py"
     script.write_text(SCRIPT)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
-    return subprocess.run(
+    proc = subprocess.Popen(
         [*cmd, mode, str(data), str(out)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=480,  # a hang (ranks waiting on a barrier for a rank that died) fails here
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         cwd=Path(__file__).resolve().parents[1],
+        start_new_session=True,  # so that a hang can be ended with all its ranks
     )
+    try:
+        stdout, stderr = proc.communicate(timeout=480)  # a hang (ranks waiting for a rank that died) fails here
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the distributed run hung")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 @pytest.mark.slow
