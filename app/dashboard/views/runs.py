@@ -52,6 +52,8 @@ interval = REFRESH_S if live[summary.key] in ACTIVE_STATES else None
 @st.fragment(run_every=interval)
 def run_page() -> None:
     state = R.run_state(ref, ctx.jobs)
+    if interval is not None and state not in ACTIVE_STATES:
+        st.rerun()  # the run just ended: redraw the whole page (the table) and stop polling
     d = cached.detail(ref.key)
     for p in d.problems:
         st.warning(f"{ref.label}: {p}")
