@@ -80,10 +80,12 @@ def resolve_backend(backend: str, device: torch.device) -> tuple[str, list[str]]
             return "torch", []
         skipped: list[str] = []
         for name in CPU_PREFERENCE:
-            why = missing_runtime(name)
-            if why is None:
+            why = None if name == "torch" else missing_runtime(name)
+            if why is None and name != "torch":
                 return name, skipped
-            skipped.append(f"{name}: {why}")
+            if why is not None:
+                skipped.append(f"{name}: {why}")
+        log.warning("backend auto: running PyTorch (%s)", "; ".join(skipped))
         return "torch", skipped
     if backend != "torch":
         if device.type != "cpu":
