@@ -269,3 +269,38 @@ def test_a_box_drawn_in_the_browser_lands_in_the_label_file(studio) -> None:
     assert kept == sorted((b["label"], *np.round(coords(b))) for b in before["boxes"])
     got = coords(new[0])
     assert np.abs(got - [4, 100, 34, 140]).max() <= 3  # where the mouse went, in image pixels
+
+
+class _FakeJobs:
+    """Records what the Annotate tab asks the job runner for (the real runner starts a training process)."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+
+    def start(self, request: dict) -> dict:
+        self.requests.append(request)
+        return {"name": "ft1", "state": "queued"}
+
+    def status(self, name: str) -> dict:
+        return {"name": name, "state": "finished", "metrics": {"mAP50-95": 0.5, "precision": 0.9}}
+
+
+def test_finetune_on_what_is_labelled(ws: Workspace, tmp_path: Path) -> None:
+    src = make_demo_dataset(tmp_path / "raw", n_images=6, img_size=64, seed=2).parent
+    ds = ann.create_dataset(ws, sorted(src.glob("images/*/*.jpg")), "loop", ["circle"])["id"]
+    with pytest.raises(ann.AnnotationError, match="no labelled images"):
+        ann.start_finetune(ws, _FakeJobs(), ds, "demo")
+    for row in ann.list_images(ws, ds)[:3]:
+        v = ann.load_annotation(ws, ds, row["key"])
+        ann.save_annotation(
+            ws, ds, row["key"], [{"xmin": 2, "ymin": 2, "xmax": 30, "ymax": 30, "label": "circle"}], v["token"]
+        )
+    jobs = _FakeJobs()
+    out = ann.start_finetune(ws, jobs, ds, "demo", epochs=3)
+    assert jobs.requests == [{"dataset": out["subset"]["id"], "checkpoint": "demo", "epochs": 3}]
+    subset = load_dataset(ws.dataset(out["subset"]["id"]).path)
+    assert len(subset.images) == 3 and subset.num_boxes == 3 and "val" in subset.split_names
+    c = ann.counts(ws, ds)
+    assert c["changed_since_run"] == 0 and c["runs"][0]["boxes_changed"] == 3
+    rows = ann.run_metrics(jobs, c["runs"])
+    assert rows[0]["run"] == "ft1" and rows[0]["mAP50-95"] == 0.5 and "precision" not in rows[0]

@@ -92,7 +92,10 @@ def build(ctx: StudioContext) -> None:
             with gr.Row():
                 selected = gr.Textbox(label="selected image", interactive=False, scale=3)
                 open_btn = gr.Button("Open in annotator", variant="primary", scale=1, elem_id="review_open")
-            gallery = gr.Gallery(label="top cases (red: label, blue: model)", columns=4, height=360, interactive=False)
+            gallery = gr.Gallery(
+                label="top cases (red: label, blue: model)", columns=6, height=300, interactive=False,
+                preview=False, object_fit="contain", elem_id="review_gallery",
+            )  # fmt: skip
             cases_state = gr.State([])
 
     def run(
@@ -113,6 +116,8 @@ def build(ctx: StudioContext) -> None:
             log.exception("review failed")
             raise gr.Error(f"review failed: {type(exc).__name__}: {exc}") from None
         cases = out["cases"]
+        if not cases:
+            gr.Info("no suspicious labels found in these images")
         pictures = []
         for i, case in enumerate(cases[:24], start=1):
             try:
