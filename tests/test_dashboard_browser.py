@@ -114,6 +114,16 @@ def compute_statistics(page) -> None:  # type: ignore[no-untyped-def]
     page.get_by_role("button", name="Compute the statistics").click()
 
 
+def open_samples(page) -> None:  # type: ignore[no-untyped-def]
+    page.get_by_role("tab", name="Samples").click()
+    page.locator('[data-testid="stImage"]').nth(11).wait_for(timeout=120_000)  # a full grid of 12
+
+
+def explore_one_image(page) -> None:  # type: ignore[no-untyped-def]
+    page.get_by_role("tab", name="One image").click()
+    page.get_by_role("button", name="Explore this image").click()
+
+
 @pytest.mark.parametrize(
     ("path", "title", "charts", "action"),
     [
@@ -122,11 +132,14 @@ def compute_statistics(page) -> None:  # type: ignore[no-untyped-def]
         ("datasets", "Datasets", 4, None),
         ("assignments", "Label assignment", 3, compute_statistics),
         ("launch", "Launch a training", 0, None),
+        ("datasets", "Datasets", 4, open_samples),
+        ("assignments", "Label assignment", 1, explore_one_image),
     ],
-    ids=["runs", "compare", "datasets", "assignments", "launch"],
+    ids=["runs", "compare", "datasets", "assignments", "launch", "datasets_samples", "assignments_image"],
 )
-def test_every_page_renders(browser, url: str, path: str, title: str, charts: int, action) -> None:  # type: ignore[no-untyped-def]
-    visit(browser, url, path, title, charts, path or "runs", action)
+def test_every_page_renders(request, browser, url: str, path: str, title: str, charts: int, action) -> None:  # type: ignore[no-untyped-def]
+    name = request.node.callspec.id
+    visit(browser, url, path, title, charts, name, action)
 
 
 def test_server_binds_localhost_only(url: str) -> None:

@@ -93,7 +93,7 @@ with tab_samples:
         st.caption(f"{len(picked)} images match; the first {min(GRID, len(picked))} with their ground-truth boxes")
         grid = st.columns(4)
         for i, rec in enumerate(picked[:GRID]):
-            grid[i % 4].image(DD.draw_sample(rec, names), caption=f"{rec.split}/{rec.key} · {len(rec.boxes)} boxes")
+            grid[i % 4].image(DD.draw_sample(rec, names), caption=f"{rec.key} · {len(rec.boxes)} boxes")
 with tab_aug:
     if result.preview is not None:
         st.image(str(result.preview), caption="training augmentation (mosaic, perspective, HSV, flips) of a few images")
