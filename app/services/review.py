@@ -176,7 +176,8 @@ def review_queue(
         raise ReviewError(str(exc)) from None
     names = src.class_names()
     model_names = list(loaded.model.names)
-    to_ds = {i: names.index(n) if n in names else len(names) + i for i, n in enumerate(model_names)}
+    all_names = names + [n for n in model_names if n not in names]  # model classes the dataset lacks go last
+    to_ds = {i: all_names.index(n) for i, n in enumerate(model_names)}
     to_model = np.array([model_names.index(n) if n in model_names else 0 for n in names] or [0], dtype=np.int64)
     records = [r for r in src.images if split in (None, "", "all") or r.split == split][: int(max_images)]
     if not records:
@@ -209,7 +210,6 @@ def review_queue(
             found += int((iou.max(1) >= 0.5).sum()) if iou.size else 0
     recall = found / total if total else 0.0
     cases, images = [], []
-    all_names = names + [n for n in model_names if n not in names]
     for rec, gt, pred, nopos, error in per_image:
         if gt is None:
             c = [{"kind": "unreadable", "score": 1.0, "gt": None, "box": None, "label": None, "pred_box": None,
