@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
 import tempfile
@@ -72,18 +71,6 @@ def _lock(root: Path) -> threading.Lock:
         return _locks.setdefault(str(root), threading.Lock())
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_json(path: Path, default: Any) -> Any:
     try:
         return json.loads(path.read_text())
@@ -123,7 +110,7 @@ def _load_state(src: lf.LabelSource) -> dict[str, Any]:
 
 
 def _save_state(src: lf.LabelSource, state: dict[str, Any]) -> None:
-    _atomic_write(_state_file(src), json.dumps(state, indent=1))
+    lf.atomic_write_text(_state_file(src), json.dumps(state, indent=1))
 
 
 def _prelabel_file(src: lf.LabelSource, key: str) -> Path:
@@ -179,8 +166,8 @@ def _snapshot(src: lf.LabelSource, key: str, content: Any, parent: int | None, s
     d = _history_dir(src, key)
     record = {"n": n, "parent": parent, "time": time.time(), "source": source, "key": key, "format": src.format,
               "token": lf.token_of(content), "content": content}  # fmt: skip
-    _atomic_write(d / f"{n}.json", json.dumps(record))
-    _atomic_write(d / "head.json", json.dumps({"head": n}))
+    lf.atomic_write_text(d / f"{n}.json", json.dumps(record))
+    lf.atomic_write_text(d / "head.json", json.dumps({"head": n}))
     return n
 
 
@@ -485,7 +472,7 @@ def prelabel(
 
 def _store_prelabels(src: lf.LabelSource, key: str, boxes: list[dict[str, Any]], checkpoint: Any, conf: float) -> None:
     record = {"checkpoint": checkpoint or "demo", "conf": float(conf), "time": time.time(), "boxes": boxes}
-    _atomic_write(_prelabel_file(src, key), json.dumps(record))
+    lf.atomic_write_text(_prelabel_file(src, key), json.dumps(record))
     with _lock(src.root):
         state = _load_state(src)
         if image_state(src, state, key) != "labelled":
@@ -552,8 +539,8 @@ def start_finetune(ws: Workspace, jobs: Any, dataset: str | None, checkpoint: st
     src = open_dataset(ws, dataset)
     with _lock(src.root):
         state = _load_state(src)
-        state["runs"].append({"name": status.get("name"), "time": time.time(), "dataset": subset["id"],
-                              "images": subset["images"], "boxes_changed": int(state["changed_since_run"])})  # fmt: skip
+        run = {"name": status.get("name"), "time": time.time(), "dataset": subset["id"], "images": subset["images"]}
+        state["runs"].append({**run, "boxes_changed": int(state["changed_since_run"])})
         state["changed_since_run"] = 0
         _save_state(src, state)
     return {**status, "subset": subset}

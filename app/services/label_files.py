@@ -252,8 +252,8 @@ class LabelSource:
                 old.remove(same)
                 kept.append(same)
                 continue
-            kept.append({"id": next_id, "image_id": im["id"], "category_id": cat_id[names[c]],
-                         "bbox": [round(v, 3) for v in bbox], "area": round(bbox[2] * bbox[3], 3), "iscrowd": 0})  # fmt: skip
+            new = {"id": next_id, "image_id": im["id"], "category_id": cat_id[names[c]], "iscrowd": 0}
+            kept.append({**new, "bbox": [round(v, 3) for v in bbox], "area": round(bbox[2] * bbox[3], 3)})
             next_id += 1
         data["annotations"] = others + kept
         atomic_write_text(path, json.dumps(data))
