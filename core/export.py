@@ -256,10 +256,10 @@ def verify_onnx(
     instead of an ONNX Runtime session of ``path``; then ``inputs`` are required.
     """
     net = convert_for_deploy(model, check=False).model.float().cpu().eval()
+    session: Any = None
     if run is not None:
         if inputs is None or nms is not None:
             raise ValueError("verify_onnx with run= needs inputs and checks the decoded output only (nms=None)")
-        session = None
     else:
         if path is None:
             raise ValueError("verify_onnx needs a path or run=")
@@ -305,3 +305,73 @@ def verify_onnx(
 def onnx_outputs_to_numpy(num_dets: np.ndarray, detections: np.ndarray) -> list[np.ndarray]:
     """Per image ``[n, 6]`` (x1, y1, x2, y2, score, class) from the embedded-NMS outputs."""
     return [detections[i, : int(n)] for i, n in enumerate(num_dets)]
+
+
+# -- int8 ----------------------------------------------------------------------------------------------------------
+def calibration_batches(paths: list[Path], img_size: int, stride: int = 32) -> list[np.ndarray]:
+    """Training images letterboxed square to ``img_size`` (colour 114), as ``[1, 3, S, S]`` float32 RGB in [0, 1].
+
+    Unreadable images are skipped; none readable is an :class:`ExportError`.
+    """
+    from core.inference.letterbox import letterbox
+    from core.inference.sources import ImageReadError, read_image
+
+    out = []
+    for path in paths:
+        try:
+            arr, _ = letterbox(read_image(path), img_size, auto=False, stride=stride)
+        except ImageReadError:
+            continue
+        out.append(np.ascontiguousarray(arr.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0)
+    if not out:
+        raise ExportError(f"no readable calibration image among {len(paths)} files")
+    return out
+
+
+def quantize_int8(fp32_path: str | Path, path: str | Path, calibration: list[np.ndarray]) -> Path:
+    """Post-training static int8 quantization (ONNX Runtime, QDQ) of an exported decoded graph (no NMS).
+
+    Convolutions get int8 weights (per output channel, symmetric) and uint8 activations whose ranges come from
+    ``calibration`` (MinMax); the decode at the end (sigmoid, grid, anchors) stays float32 so that boxes are not
+    quantized. The QDQ file runs in ONNX Runtime and in OpenVINO (which executes it as int8).
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self.items, None)
+            return None if x is None else {"images": x}
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    quantize_static(
+        str(fp32_path),
+        str(path),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["Conv"],
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+    return path
+
+
+def save_openvino(onnx_path: str | Path, path: str | Path) -> Path:
+    """Convert an ONNX file to OpenVINO IR (``.xml`` + ``.bin``, weights kept in their precision: no fp16)."""
+    import openvino as ov
+
+    path = Path(path).with_suffix(".xml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov.convert_model(str(onnx_path)), str(path), compress_to_fp16=False)
+    return path

@@ -108,3 +108,37 @@ def test_export_cli(model: torch.nn.Module, tmp_path: Path, capsys: pytest.Captu
     assert "multiple" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
+
+
+def test_export_cli_int8_is_gated_on_map_and_openvino_ir(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from core.data.demo import ensure_demo_dataset
+
+    data = ensure_demo_dataset(tmp_path / "demo", n_images=20, img_size=64, seed=0)
+    from core.data.load import load_dataset
+
+    names = list(load_dataset(data).class_names)
+    model = well_conditioned_(build_model(scale_width(get_spec("yolov7-tiny"), 0.125), len(names), class_names=names))
+    weights = tmp_path / "m.pt"
+    save_checkpoint(weights, model.eval())
+    out = tmp_path / "m_int8.onnx"
+    args = ["export", str(weights), "--img", "64", "--int8", "--data", str(data), "--calib", "8", "--out", str(out)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert out.is_file() and "calibrating on 8 training images" in text and "mAP50-95 fp32" in text
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ int8
+    (x,) = onnx_session(out).run(None, {"images": probe_image((64, 96), 2).numpy()})  # dynamic shapes
+    assert x.shape[0] == 2 and np.isfinite(x).all()
+    # a drop larger than allowed: not offered, nothing written
+    rejected = tmp_path / "rejected.onnx"
+    assert main([*args[:-1], str(rejected), "--max-drop", "-1"]) == 1
+    assert not rejected.exists() and "int8 not offered" in capsys.readouterr().err
+    assert main(["export", str(weights), "--int8"]) == 2  # no --data
+    assert "--int8 needs --data" in capsys.readouterr().err
+    pytest.importorskip("openvino", reason="the OpenVINO IR needs the 'openvino' extra")
+    xml = tmp_path / "m.xml"
+    assert main(["export", str(weights), "--format", "openvino", "--img", "64", "--dynamic", "--out", str(xml)]) == 0
+    text = capsys.readouterr().out
+    assert xml.is_file() and xml.with_suffix(".bin").is_file() and "openvino check" in text and "PASSED" in text
