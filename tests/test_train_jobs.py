@@ -324,3 +324,16 @@ def test_train_config_file_errors_name_the_file(tmp_path: Path, capsys) -> None:
     assert str(bad) in capsys.readouterr().err
     assert main(["train", "--config", str(tmp_path / "missing.json")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+# -- a library call does not print --------------------------------------------------------------------------------
+def test_trainer_logs_through_logging_not_stdout_unless_given_a_log(demo: Path, tmp_path: Path, capsys, caplog) -> None:
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="core.train"):
+        Trainer(_cfg(demo, tmp_path / "quiet", max_steps=1)).fit()
+    assert capsys.readouterr().out == ""  # a server calling the library gets no print on its stdout
+    assert any("epoch" in r.getMessage() or "params" in r.getMessage() for r in caplog.records)
+    lines: list[str] = []
+    Trainer(_cfg(demo, tmp_path / "told", max_steps=1), log=lines.append).fit()
+    assert lines and lines == [ln for ln in (tmp_path / "told" / "train.log").read_text().splitlines() if ln in lines]

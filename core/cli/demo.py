@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             eval_interval=5,
         )
         resume = run_dir.root if run_dir.last.exists() else None
-        Trainer(cfg, resume=resume).fit()
+        Trainer(cfg, resume=resume, log=print).fit()
     print(f"run directory: {run_dir.root} (results.csv, plots/, objectness/, weights/)")
 
     _section("3. evaluation of best.pt on the test split (pycocotools)")

@@ -214,7 +214,7 @@ def run_train(args: argparse.Namespace) -> int:
                 return 0
         else:
             cfg = config_from_args(args)  # type: ignore[assignment]
-        status = Trainer(cfg, resume=resume).fit()
+        status = Trainer(cfg, resume=resume, log=print).fit()
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ resumed from any checkpoint continues exactly as the uninterrupted run would hav
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 import time
@@ -57,12 +58,13 @@ class Trainer:
     heartbeat_s = HEARTBEAT_S
 
     def __init__(
-        self, cfg: TrainConfig, *, hooks: list[Hook] | None = None, resume: str | Path | None = None, log: Any = print
+        self, cfg: TrainConfig, *, hooks: list[Hook] | None = None, resume: str | Path | None = None, log: Any = None
     ) -> None:
         self.cfg = cfg
         self.resume_from = Path(resume) if resume else None
         self.hooks = [StatusHook(), PlotHook(), *(hooks or [])]
-        self._print = log
+        # log: where progress lines go besides train.log (the CLI passes print; a library caller gets logging)
+        self._print = log if log is not None else logging.getLogger("core.train").info
         self.epoch = 0
         self.step = 0
         self.iteration = 0
