@@ -61,7 +61,7 @@ def test_save_round_trips_in_the_dataset_format(ws: Workspace, tmp_path: Path, f
             assert np.abs(r.boxes - o.boxes).max(initial=0) <= 0.5
 
 
-@pytest.mark.parametrize("fmt", ["yolo", "coco"])
+@pytest.mark.parametrize("fmt", ["yolo", "voc", "coco"])
 def test_undo_restores_the_previous_version_and_keeps_history(ws: Workspace, tmp_path: Path, fmt: str) -> None:
     ds = _dataset(ws, tmp_path, fmt)
     key = _first_key(ws, ds)
@@ -80,6 +80,7 @@ def test_undo_restores_the_previous_version_and_keeps_history(ws: Workspace, tmp
     with pytest.raises(ann.AnnotationError, match="nothing to undo"):
         ann.undo(ws, ds, key, back0["token"])
     assert back0["versions"] == 5  # original, 2 saves, 2 undos: nothing lost
+    assert not list(Path(back0["label_file"]).parent.glob("*.tmp"))  # atomic writes leave no temp files
 
 
 def test_conflicting_save_is_refused(ws: Workspace, tmp_path: Path) -> None:
