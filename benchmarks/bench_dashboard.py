@@ -14,6 +14,10 @@ a browser's request triggers, without the browser's drawing):
   read);
 * **one run changed**: a rerun after one run appended an epoch (only that run is read again).
 
+With ``--browser``, also the real thing: ``yolov7-studio dashboard`` serving the same workspace, Debian's Chromium
+(Playwright) opening each page and waiting until its table and figures are drawn: the first visit after start-up
+and then reloads (a new browser session, the server's caches warm).
+
 Every figure names the CPU it came from (:func:`core.device.cpu_description`) and the load average.
 """
 
@@ -87,12 +91,57 @@ def timed(at: Any, page: str | None) -> float:
     return took
 
 
+def browser_times(root: Path, repeats: int, runs: int) -> dict[str, Any]:
+    """Seconds from navigation to the page drawn (Runs: the table and the run's 4 figures; Compare: 2 figures)."""
+    import signal
+    import socket
+    import subprocess
+
+    from playwright.sync_api import sync_playwright
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "app.cli", "dashboard", "--workspace", str(root), "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    out: dict[str, Any] = {}
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the command prints the URL once the server answers
+            if "yolov7-studio dashboard: http" in line:
+                break
+        args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run"]  # fmt: skip
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=args)
+            for path, charts in (("", 4), ("compare", 2)):
+                times = []
+                for _ in range(repeats + 1):
+                    ctx = browser.new_context(viewport={"width": 1440, "height": 1800})
+                    page = ctx.new_page()
+                    t = time.perf_counter()
+                    page.goto(f"http://127.0.0.1:{port}/{path}", wait_until="commit", timeout=300_000)
+                    page.locator(".js-plotly-plot").nth(charts - 1).wait_for(state="attached", timeout=300_000)
+                    if not path:
+                        page.get_by_text(f"run{runs - 1:03d}").first.wait_for(state="attached", timeout=300_000)
+                    times.append(time.perf_counter() - t)
+                    ctx.close()
+                out[f"browser_{path or 'runs'}_s"] = times
+            browser.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--browser", action="store_true", help="also time the pages in Chromium through HTTP")
     args = ap.parse_args()
 
     from streamlit.testing.v1 import AppTest
@@ -120,6 +169,8 @@ def main() -> int:
         from app.dashboard.context import _context
 
         _context(str(ws.root), ()).jobs.close()  # the page's job runner stops polling before the folder goes
+        if args.browser:
+            out.update(browser_times(ws.root, args.repeats, args.runs))
     med = statistics.median
     print(f"CPU: {out['cpu']}  (load average {', '.join(f'{x:.1f}' for x in out['load_avg'])})")
     print(f"workspace: {args.runs} runs x {args.epochs} epochs (generated in {out['generate_s']:.1f} s)")
@@ -129,6 +180,12 @@ def main() -> int:
     print(f"Compare page  cold {out['compare_cold_s']:.2f} s (4 runs picked)")
     print(f"Compare page  warm {med(out['compare_warm_s']):.3f} s median")
     print(f"Compare page  10 runs picked {med(out['compare_10_runs_s']):.3f} s median")
+    for page in ("runs", "compare"):
+        times = out.get(f"browser_{page}_s")
+        if times:
+            print(
+                f"browser {page:8s} first visit {times[0]:.2f} s, reload median {med(times[1:]):.2f} s (Chromium, HTTP)"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
