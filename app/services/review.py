@@ -9,8 +9,8 @@ kind           what                                                             
 duplicate      two ground-truth boxes of one class overlap (IoU >= 0.8)                      0.95 + 0.05 IoU
 no_positive    a ground-truth box got no positive anchor in the lead head's assignment      0.7
                (it cannot be learned: a duplicate, a tiny or degenerate box)
-class          a confident prediction of another class covers the box (IoU >= 0.5) and    the prediction's score
-               no prediction of the labelled class does
+class          a prediction of another class (score >= conf / 2) covers the box (IoU >=     the prediction's score
+               0.5) and no better prediction of the labelled class does
 missing        a confident prediction overlaps no ground truth (IoU < 0.3)                 its score
 mislocated     the best prediction of the box's class overlaps it only partly (IoU < 0.75) score x (1 - IoU)
 unmatched      no prediction at all near the box (possibly spurious)                       0.6 x the model's recall
@@ -116,7 +116,7 @@ def find_cases(
         iou_same = float(gp[i, best_same]) if best_same is not None else 0.0
         if iou_same >= MATCH_IOU:
             continue
-        other = np.flatnonzero((pred_classes != gt_classes[i]) & (pred_scores >= conf) & (gp[i] >= CLASS_IOU))
+        other = np.flatnonzero((pred_classes != gt_classes[i]) & (pred_scores >= conf / 2) & (gp[i] >= CLASS_IOU))
         if len(other) and (
             best_same is None or iou_same < CLASS_IOU or pred_scores[other].max() > pred_scores[best_same]
         ):
