@@ -225,7 +225,8 @@ def review_queue(
         images.append({"key": rec.key, "image": str(rec.path), "score": max((x["score"] for x in c), default=0.0),
                        "cases": len(c), "kinds": sorted({x["kind"] for x in c})})  # fmt: skip
     cases = [c for c in cases if c["score"] > 0]  # e.g. "unmatched" from a model that finds nothing
-    cases.sort(key=lambda c: (-c["score"], c["key"], c["gt"] if c["gt"] is not None else -1))
+    order = {k: i for i, k in enumerate(("unreadable", *KINDS))}  # ties: the model-free kinds first
+    cases.sort(key=lambda c: (-c["score"], order.get(c["kind"], 99), c["key"], c["gt"] if c["gt"] is not None else -1))
     images.sort(key=lambda r: (-r["score"], -r["cases"], r["key"]))
     counts = {k: sum(1 for c in cases if c["kind"] == k) for k in KINDS}
     summary = {"images": len(records), "cases": len(cases), "by_kind": counts, "model_recall": round(recall, 4),
