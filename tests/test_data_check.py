@@ -93,13 +93,13 @@ def test_every_problem_is_reported_with_file_and_reason(broken: Path) -> None:
     good = next(r for r in report.dataset.images if r.path.name == "good.jpg")
     np.testing.assert_allclose(good.boxes, [[24, 12, 40, 36], [54.4, 19.2, 64, 28.8]])
     assert report.left_out_images == 3  # corrupt, cut, orphan label
-    assert report.left_out_boxes == 5 and report.clipped_boxes == 1
+    assert report.left_out_boxes == 6 and report.clipped_boxes == 1  # cut.jpg's box goes with its image
     assert report.used_boxes == 2 + 1 + 1
     text = report_to_text(report)
-    assert "Will be used: 5 images, 4 boxes" in text and "Left out: 3 images, 5 boxes" in text
+    assert "Will be used: 5 images, 4 boxes" in text and "Left out: 3 images, 6 boxes" in text
     assert "orphan.txt" in text and "notes.md" in text
     as_json = report_to_dict(report)
-    assert as_json["summary"]["left_out_boxes"] == 5 and as_json["issue_counts"]["corrupt_image"] == 1
+    assert as_json["summary"]["left_out_boxes"] == 6 and as_json["issue_counts"]["corrupt_image"] == 1
 
 
 def test_exif_rotated_image_is_used_as_displayed(broken: Path) -> None:
@@ -127,7 +127,10 @@ def test_nothing_crashes_on_garbage_annotations(tmp_path: Path) -> None:
     counts = report.counts_by_kind()
     assert counts["corrupt_annotation"] == 1 and counts["malformed_box"] == 1
     assert counts["label_without_image"] == 1 and counts["image_without_labels"] == 1  # z.xml; c.jpg
-    assert [r.path.name for r in report.dataset.images] == ["b.jpg", "c.jpg"]
+    # b.xml has an unreadable object: b.jpg is left out (its other box too), not trained on with an object missing
+    assert counts["labels_unreadable"] == 1 and "<xmin> is 'a', not a number" in report_to_text(report)
+    assert [r.path.name for r in report.dataset.images] == ["c.jpg"]
+    assert report.left_out_boxes == 2 and report.input_boxes == report.used_boxes + report.left_out_boxes
 
 
 def test_bccd_has_exactly_its_two_defective_boxes(bccd_root: Path) -> None:

@@ -176,6 +176,7 @@ def test_no_labels_found_says_what_was_tried_and_seen(tmp_path: Path) -> None:
     assert text.index("no labelled box found") < text.index("Problems:")  # shown first, not buried
     # auto-detection on only images and CSV lists every layout it tried
     (root / "annotations").rename(tmp_path / "elsewhere")
+    (root / "boxes.csv").write_text("id,value\n1,2\n")  # a CSV that is not a box export
     ds = load_dataset(root)
     message = next(i.message for i in ds.issues if i.kind == "no_labels_found")
     assert "Pascal VOC (" in message and "COCO (" in message and "YOLO (" in message and "boxes.csv" not in message

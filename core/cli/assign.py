@@ -74,6 +74,10 @@ def _model(args: argparse.Namespace, names: list[str] | None) -> Any:
         except CheckpointError as exc:
             raise _UsageError(str(exc)) from None
         model = loaded.model
+        record = loaded.checkpoint.get("model") if loaded.checkpoint else None
+        saved = record.get("class_names") if isinstance(record, dict) else None
+        if saved and len(saved) == len(model.names) and list(model.names) != list(saved):
+            model.names = list(saved)  # adding/dropping the aux head rebuilds the model: keep the checkpoint's names
         if model.deploy:
             raise _UsageError(f"{args.weights}: a deploy checkpoint has no auxiliary head and no training form; "
                               "use the training checkpoint")  # fmt: skip

@@ -55,8 +55,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_source(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="dataset folder, data.yaml, COCO .json, or .zip of one")
-    p.add_argument("--format", choices=("coco", "yolo", "voc"), help="skip format detection")
+    p.add_argument("path", help="dataset folder, data.yaml, COCO .json, box .csv, or .zip of one")
+    p.add_argument(
+        "--format",
+        choices=("coco", "yolo", "voc", "csv"),
+        help="skip format detection (csv: one row per box, columns filename, width, height, class, xmin, ymin, "
+        "xmax, ymax)",
+    )
 
 
 def _load(args: argparse.Namespace):  # noqa: ANN202 - returns DetectionDataset or None

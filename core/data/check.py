@@ -27,6 +27,10 @@ ISSUE_KINDS: dict[str, str] = {
     "corrupt_image": "image cannot be decoded (corrupt or truncated data)",
     "truncated_jpeg": "JPEG without its end marker (decodes, but the file was cut)",
     "exif_rotated": "EXIF orientation is not 1; used as displayed",
+    "exif_invalid": "EXIF orientation tag outside 1..8 (invalid); ignored, the image is used as stored",
+    "labels_unreadable": "image whose annotation could not be fully read (left out, not used as a background)",
+    "missing_size": "annotation without the image size; the real size of the image is used",
+    "layout_note": "how the files were found and paired (e.g. the images beside a given annotation folder)",
     "size_mismatch": "annotation's image size differs from the real one",
     "image_without_labels": "image with no annotation (used as background when kept)",
     "label_without_image": "annotation whose image is missing",
@@ -48,6 +52,7 @@ ISSUE_KINDS: dict[str, str] = {
     "duplicate_image_id": "COCO image id used twice",
     "duplicate_listing": "image listed in more than one split",
     "crowd_annotation": "COCO iscrowd=1 regions (not trained on; ignore regions in the COCO evaluation)",
+    "empty_dataset": "no images at all: nothing to train or evaluate on",
     "no_labels_found": "no labels were found at all: the layouts tried and the annotation-like files seen",
     "empty_image": "image with no boxes (used as background)",
     "missing_image": "image listed in a split file but not found",
@@ -100,7 +105,12 @@ class CheckReport:
 
     @property
     def left_out_boxes(self) -> int:
-        return sum(i.count for i in self.issues if i.scope == "box" and i.action == "dropped")
+        """Boxes dropped one by one, plus the boxes of images left out (so used + left out = read)."""
+        return sum(
+            i.count if i.scope == "box" else i.boxes
+            for i in self.issues
+            if i.action.startswith("dropped") and (i.scope == "box" or i.boxes)
+        )
 
     @property
     def clipped_boxes(self) -> int:
@@ -201,7 +211,9 @@ def check_dataset(
     """
     report = as_progress(progress)
     issues: list[Issue] = list(dataset.issues)
-    input_boxes = dataset.num_boxes + sum(i.count for i in dataset.issues if i.scope == "box" and i.action == "dropped")
+    input_boxes = dataset.num_boxes + sum(
+        i.count if i.scope == "box" else i.boxes for i in dataset.issues if i.action.startswith("dropped")
+    )
     records = list(dataset.images)
     keep = [True] * len(records)
     if decode and records:
@@ -215,7 +227,10 @@ def check_dataset(
         first_of_hash: dict[str, ImageRecord] = {}
         for k, (rec, (digest, fatal, warning)) in enumerate(zip(records, results)):
             if fatal:
-                issues.append(Issue(str(rec.path), "corrupt_image", fatal, "dropped", "image"))
+                with_boxes = f"; its {rec.num_boxes} boxes are left out with it" if rec.num_boxes else ""
+                issues.append(
+                    Issue(str(rec.path), "corrupt_image", fatal + with_boxes, "dropped", "image", boxes=rec.num_boxes)
+                )
                 keep[k] = False
                 continue
             if warning:

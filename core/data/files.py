@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from core.data.types import IMAGE_SUFFIXES
+from core.data.types import IMAGE_SUFFIXES, Issue
 
 # EXIF orientation values that swap width and height when applied (transpose / 90-degree rotations).
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
@@ -110,3 +110,23 @@ def output_stems(keys: list[str]) -> list[str]:
     for name in last:
         counts[name] = counts.get(name, 0) + 1
     return [name if counts[name] == 1 else key.replace("/", "__") for name, key in zip(last, keys)]
+
+
+def exif_issue(image: Path, orientation: int) -> Issue:
+    """The issue for an image whose EXIF orientation is not 1: rotated (2..8), or an invalid value (ignored)."""
+    if not 1 <= orientation <= 8:
+        return Issue(
+            str(image),
+            "exif_invalid",
+            f"EXIF orientation {orientation} is invalid (valid values are 1..8): it is ignored and the image is used "
+            "as stored, not rotated; labels must refer to that view",
+            "kept",
+            "image",
+        )
+    return Issue(
+        str(image),
+        "exif_rotated",
+        f"EXIF orientation {orientation}: the image is used as displayed (rotated); labels must refer to that view",
+        "kept",
+        "image",
+    )

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from core.data.files import is_image_file, normalize_split, output_stems, probe_image, walk_files
+from core.data.files import exif_issue, is_image_file, normalize_split, output_stems, probe_image, walk_files
 from core.data.progress import Progress, ProgressFn
 from core.data.types import DetectionDataset, ImageRecord, Issue, SplitInfo
 
@@ -202,9 +202,7 @@ def read_coco(path: Path, class_names: list[str] | None = None, progress: Progre
                     )
                 )
             if probe.orientation != 1:
-                issues.append(
-                    Issue(str(image), "exif_rotated", f"EXIF orientation {probe.orientation}", "kept", "image")
-                )
+                issues.append(exif_issue(image, probe.orientation))
             boxes, classes, segs, areas, stated = [], [], [], [], False
             crowd_boxes, crowd_classes, crowd_areas = [], [], []
             for ann in anns_by_image.get(im.get("id"), []):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.data.files import is_image_file, normalize_split, output_stems, probe_image, walk_files
+from core.data.files import exif_issue, is_image_file, normalize_split, output_stems, probe_image, walk_files
 from core.data.progress import Progress, ProgressFn
 from core.data.types import DetectionDataset, ImageRecord, Issue, SplitInfo
 
@@ -115,12 +115,23 @@ def find_voc_layout(path: Path, max_depth: int = 3) -> VocLayout | None:
                     return VocLayout(folder, d, _image_folder(folder, d))
         for folder in frontier:
             if _voc_xml_in(folder, depth=0):  # xml beside the images
+                if folder == path and not any(is_image_file(f) for f in walk_files(folder)):
+                    images = _image_folder(path.parent, path)  # the annotation folder itself was given
+                    if images not in (path, path.parent) or any(is_image_file(f) for f in _files_in(path.parent)):
+                        return VocLayout(path.parent, path, images)
                 return VocLayout(folder, folder, folder)
             for d in _subfolders(folder):
                 if _voc_xml_in(d):
                     return VocLayout(folder, d, _image_folder(folder, d))
         frontier = [d for folder in frontier for d in _subfolders(folder)]
     return None
+
+
+def _files_in(folder: Path) -> list[Path]:
+    try:
+        return [p for p in folder.iterdir() if p.is_file()]
+    except OSError:
+        return []
 
 
 def find_voc_root(path: Path, max_depth: int = 3) -> Path | None:
@@ -155,9 +166,11 @@ def _parse_xml(xml_file: Path) -> tuple[dict, list[Issue]]:
     root = tree.getroot()
     if root.tag != "annotation":
         raise ValueError(f"root element is <{root.tag}>, expected <annotation>")
-    info: dict = {"filename": (root.findtext("filename") or "").strip(), "size": None, "objects": []}
+    info: dict = {"filename": (root.findtext("filename") or "").strip(), "size": None, "objects": [], "bad": 0}
     size = root.find("size")
-    if size is not None:
+    if size is None:
+        info["no_size"] = True
+    else:
         try:
             info["size"] = (int(float(size.findtext("width") or 0)), int(float(size.findtext("height") or 0)))
         except ValueError:
@@ -165,15 +178,29 @@ def _parse_xml(xml_file: Path) -> tuple[dict, list[Issue]]:
     for k, obj in enumerate(root.findall("object")):
         name = (obj.findtext("name") or "").strip()
         bnd = obj.find("bndbox")
-        if not name or bnd is None:
-            issues.append(Issue(str(xml_file), "malformed_box", f"object {k} has no <name> or <bndbox>", "dropped"))
+        missing = [t for t, v in (("<name>", name), ("<bndbox>", bnd)) if v is None or v == ""]
+        if missing:
+            message = f"object {k}: {' and '.join(missing)} missing"
+            issues.append(Issue(str(xml_file), "malformed_box", message, "dropped"))
+            info["bad"] += 1
             continue
-        try:
-            coords = [float(bnd.findtext(t) or "nan") for t in _BOX_TAGS]
-        except ValueError:
-            coords = [float("nan")]
-        if len(coords) != 4 or not np.all(np.isfinite(coords)):
-            issues.append(Issue(str(xml_file), "malformed_box", f"object {k} ({name}): bad <bndbox> values", "dropped"))
+        assert bnd is not None
+        coords, problems = [], []
+        for tag in _BOX_TAGS:
+            text = (bnd.findtext(tag) or "").strip()
+            try:
+                value = float(text) if text else float("nan")
+            except ValueError:
+                value = float("nan")
+            if not text:
+                problems.append(f"<{tag}> missing")
+            elif not np.isfinite(value):
+                problems.append(f"<{tag}> is {text!r}, not a number")
+            coords.append(value)
+        if problems:
+            message = f"object {k} ({name}): " + ", ".join(problems) + " in <bndbox>"
+            issues.append(Issue(str(xml_file), "malformed_box", message, "dropped"))
+            info["bad"] += 1
             continue
         info["objects"].append((name, coords))
     return info, issues
@@ -215,6 +242,12 @@ def read_voc(path: Path, class_names: list[str] | None = None, progress: Progres
     report = Progress(progress)
     root, ann_dir, image_dir = layout.root, layout.annotations, layout.images
     issues: list[Issue] = []
+    if Path(path).is_dir() and Path(path).resolve() == ann_dir.resolve() and ann_dir != image_dir:
+        message = (
+            f"{Path(path).name}/ holds the .xml annotations and no images: read it with the images in "
+            f"{image_dir.name}/ beside it (the dataset folder is {root})"
+        )
+        issues.append(Issue(str(path), "layout_note", message, "kept", "file"))
     by_key: dict[str, Path] = {}
     by_stem: dict[str, list[Path]] = {}
     by_name: dict[str, list[Path]] = {}
@@ -275,7 +308,18 @@ def read_voc(path: Path, class_names: list[str] | None = None, progress: Progres
             continue
         probe = probe_image(image)
         if isinstance(probe, str):
-            issues.append(Issue(str(image), "unreadable_image", probe, "dropped", "image"))
+            n_boxes = len(info["objects"]) if info is not None else 0
+            issues.append(Issue(str(image), "unreadable_image", probe, "dropped", "image", boxes=n_boxes))
+            continue
+        if info is not None and info.get("bad"):
+            good = len(info["objects"])
+            message = (
+                f"{info['bad']} object(s) of {image.name} could not be read (see malformed_box): the image is left "
+                "out rather than used as a background, since it shows objects that would be taught as background"
+                + (f"; its {good} readable boxes are left out with it" if good else "")
+            )
+            action = "dropped (image left out)"
+            issues.append(Issue(str(xml_file), "labels_unreadable", message, action, "image", 1, good))
             continue
         boxes, classes = [], []
         if info is None:
@@ -293,6 +337,9 @@ def read_voc(path: Path, class_names: list[str] | None = None, progress: Progres
                         "image",
                     )
                 )
+            if info.get("no_size"):
+                message = f"no <size> element: the real size of the image ({probe.width}x{probe.height}) is used"
+                issues.append(Issue(str(xml_file), "missing_size", message, "kept", "file"))
             for name, coords in info["objects"]:
                 if name not in name_to_id:
                     issues.append(Issue(str(xml_file), "unknown_class", f"class '{name}' not in {names}", "dropped"))
@@ -300,7 +347,7 @@ def read_voc(path: Path, class_names: list[str] | None = None, progress: Progres
                 boxes.append(coords)
                 classes.append(name_to_id[name])
         if probe.orientation != 1:
-            issues.append(_exif_issue(image, probe.orientation))
+            issues.append(exif_issue(image, probe.orientation))
         records.append(
             ImageRecord(
                 path=image.resolve(),
@@ -326,16 +373,6 @@ def _class_file_order(root: Path, names_found: list[str]) -> list[str]:
             listed = [n.strip() for n in f.read_text(errors="replace").splitlines() if n.strip()]
             return listed + [n for n in names_found if n not in listed]
     return names_found
-
-
-def _exif_issue(image: Path, orientation: int) -> Issue:
-    return Issue(
-        str(image),
-        "exif_rotated",
-        f"EXIF orientation {orientation}: the image is used as displayed (rotated); labels must refer to that view",
-        "kept",
-        "image",
-    )
 
 
 def write_voc(dataset: DetectionDataset, out: Path, copy_images: bool = True) -> Path:

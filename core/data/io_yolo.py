@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from core.data.files import is_image_file, normalize_split, output_stems, probe_image, relative_key, walk_files
+from core.data.files import (
+    exif_issue,
+    is_image_file,
+    normalize_split,
+    output_stems,
+    probe_image,
+    relative_key,
+    walk_files,
+)
 from core.data.progress import Progress, ProgressFn
 from core.data.types import DetectionDataset, ImageRecord, Issue, SplitInfo
 
@@ -278,9 +286,7 @@ def read_yolo(path: Path, class_names: list[str] | None = None, progress: Progre
                 used_labels.add(label)
                 continue
             if probe.orientation != 1:
-                issues.append(
-                    Issue(str(image), "exif_rotated", f"EXIF orientation {probe.orientation}", "kept", "image")
-                )
+                issues.append(exif_issue(image, probe.orientation))
             segments = None
             if label.is_file():
                 used_labels.add(label)

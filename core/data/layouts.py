@@ -18,6 +18,7 @@ from core.data.io_voc import looks_like_voc
 LAYOUTS_TRIED: dict[str, str] = {
     "yolo": "YOLO (data.yaml, or images/ + labels/ with classes.txt / obj.names, or .txt labels beside the images)",
     "voc": "Pascal VOC (Annotations/ + JPEGImages/, or a folder of <annotation> .xml files beside or among the images)",
+    "csv": "CSV (one row per box: filename, width, height, class, xmin, ymin, xmax, ymax)",
     "coco": "COCO (a .json with 'images' and 'annotations': annotations/*.json, beside the images, or one level down)",
 }
 _CLASS_LISTS = frozenset({"classes.txt", "obj.names", "classes.names", "labels.txt", "data.yaml", "dataset.yaml"})
@@ -78,13 +79,20 @@ def annotation_findings(folder: Path, max_depth: int = 3, max_files: int = 200_0
                 txt[where] += 1
             elif suffix == ".csv":
                 csv[where] += 1
+    for name in ("annotations", "labels", "annots", "xml"):
+        for d in (folder / name, folder / name.capitalize()):
+            if d.is_dir() and not any(p.is_file() and not p.name.startswith(".") for p in d.rglob("*")):
+                lines.append(f"{d.name}/ is empty (no annotation files in it)")
+                break
     for where, n in xml.items():
         kind = "look like Pascal VOC" if voc_xml[where] else "(not Pascal VOC: no <annotation> root element)"
         lines.append(f"{n} .xml files in {where} {kind}")
     for where, n in txt.items():
         lines.append(f"{n} .txt files in {where} (YOLO label files?)")
     for where, n in csv.items():
-        lines.append(f"{n} .csv files in {where} (CSV annotations are not read: convert them to COCO, YOLO or VOC)")
+        lines.append(
+            f"{n} .csv files in {where} (CSV is read when it has the columns filename, class, xmin, ymin, xmax, ymax)"
+        )
     return lines
 
 

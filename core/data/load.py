@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from core.data.files import is_image_file
 from core.data.io_coco import find_coco_files, read_coco
+from core.data.io_csv import csv_header, expected_message, find_csv_files, read_csv
 from core.data.io_voc import find_voc_root, read_voc
 from core.data.io_yolo import find_data_yaml, read_yolo
 from core.data.layouts import LAYOUTS_TRIED, annotation_findings, no_labels_message
@@ -20,7 +22,7 @@ from core.data.progress import Progress, ProgressFn
 from core.data.safezip import ZipLimits, safe_extract
 from core.data.types import DetectionDataset, Issue, SplitInfo
 
-FORMATS: tuple[str, ...] = ("coco", "yolo", "voc")
+FORMATS: tuple[str, ...] = ("coco", "yolo", "voc", "csv")
 DEFAULT_SPLIT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)
 SPLIT_FILE = "yolov7_studio_split.json"
 
@@ -31,11 +33,12 @@ def cache_dir() -> Path:
 
 
 def detect_format(path: Path) -> str:
-    """``"coco"``, ``"yolo"`` or ``"voc"`` for a dataset folder or file.
+    """``"coco"``, ``"yolo"``, ``"voc"`` or ``"csv"`` for a dataset folder or file.
 
     Order: a data yaml, ``images/``+``labels/`` or a darknet ``obj.data``/``obj.names`` means YOLO; VOC .xml files
     (``Annotations/``, or a folder of any name, or beside the images: ``core.data.io_voc.find_voc_layout``) mean
-    VOC; a JSON with ``images`` and ``annotations`` means COCO; a bare ``images/`` folder is YOLO without labels.
+    VOC; a JSON with ``images`` and ``annotations`` means COCO; a per-image box CSV (``core.data.io_csv``) means CSV;
+    a bare ``images/`` folder is YOLO without labels.
 
     Raises:
         ValueError: none of the three layouts was recognised (the message lists what was looked for).
@@ -46,6 +49,8 @@ def detect_format(path: Path) -> str:
             return "yolo"
         if path.suffix.lower() == ".json":
             return "coco"
+        if path.suffix.lower() == ".csv":
+            return "csv"
         raise ValueError(f"{path}: expected a folder, a .zip, a data .yaml or a COCO .json")
     if find_data_yaml(path) is not None or ((path / "images").is_dir() and (path / "labels").is_dir()):
         return "yolo"
@@ -57,14 +62,29 @@ def detect_format(path: Path) -> str:
         return "coco"
     if any((d / "images").is_dir() and (d / "labels").is_dir() for d in path.iterdir() if d.is_dir()):
         return "yolo"
+    box_csvs, other_csvs = find_csv_files(path)
+    if box_csvs:
+        return "csv"
     if (path / "images").is_dir():  # images without any labels yet: YOLO layout, every image a background
         return "yolo"
+    files = [f for f in path.rglob("*") if f.is_file() and not f.name.startswith(".")][:100_000]
+    if not files:
+        raise ValueError(f"{path}: the folder is empty (no images and no annotation files)")
+    if other_csvs:
+        raise ValueError(expected_message(other_csvs[0], csv_header(other_csvs[0])))
+    findings = annotation_findings(path)
+    if not findings:
+        n_images = sum(1 for f in files if is_image_file(f))
+        raise ValueError(
+            f"{path}: {n_images} images and no annotation files (.xml, .json, .txt, .csv) found"
+            + (f"; put the images in {path}/images/ to use them unlabelled (as background)" if n_images else "")
+        )
     raise ValueError(
         f"{path}: format not recognised. Tried: "
         + "; ".join(LAYOUTS_TRIED.values())
         + ". Found: "
-        + ("; ".join(annotation_findings(path)[:12]) or "no annotation-like files (.xml, .json, .txt, .csv)")
-        + ". Pass the format explicitly (--format)."
+        + "; ".join(findings[:12])
+        + ". Arrange the files in one of these layouts, or pass the format (--format) if they are in one."
     )
 
 
@@ -210,12 +230,19 @@ def load_dataset(
     report(0.0, f"opening {source.name}")
     folder = extract_archive(source, zip_limits) if source.suffix.lower() == ".zip" else source
     fmt = (format or detect_format(folder)).lower()
-    readers = {"coco": read_coco, "yolo": read_yolo, "voc": read_voc}
+    readers = {"coco": read_coco, "yolo": read_yolo, "voc": read_voc, "csv": read_csv}
     if fmt not in readers:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     dataset = readers[fmt](folder, class_names=class_names, progress=report.sub(0.05, 0.95))
     dataset = replace(dataset, source=source)
-    if dataset.images and not any(r.num_boxes or len(r.crowd_boxes) for r in dataset.images):
+    if not dataset.images and not any(i.scope == "image" and i.action.startswith("dropped") for i in dataset.issues):
+        where = folder if folder.is_dir() else folder.parent
+        message = (
+            f"the dataset is empty: no images found in {where} (format {fmt.upper()}; image files are "
+            ".jpg, .jpeg, .png, .bmp, .tif, .webp ...)"
+        )
+        dataset = replace(dataset, issues=(Issue(str(where), "empty_dataset", message, "nothing to use", "file"),))
+    elif dataset.images and not any(r.num_boxes or len(r.crowd_boxes) for r in dataset.images):
         where = folder if folder.is_dir() else folder.parent
         message = no_labels_message(where, fmt, detected=format is None)
         issue = Issue(str(folder), "no_labels_found", message, "kept (all images as background)", "file")

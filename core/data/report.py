@@ -48,7 +48,8 @@ def report_to_text(report: CheckReport, max_per_kind: int = 10) -> str:
     """Human-readable report: summary, problems by kind (file and reason), statistics, anchor fit."""
     ds, st = report.dataset, report.stats
     lines = [
-        f"Dataset {ds.source or ds.root} ({ds.format.upper()}), {ds.num_classes} classes: {', '.join(ds.class_names)}",
+        f"Dataset {ds.source or ds.root} ({ds.format.upper()}), {ds.num_classes} classes: "
+        + (", ".join(ds.class_names) if ds.class_names else "none (no labelled box)"),
         f"Splits: {ds.split_info.describe()}: " + ", ".join(f"{s} {n}" for s, n in ds.split_counts().items()),
         "",
         f"Will be used: {report.used_images} images, {report.used_boxes} boxes "
@@ -58,8 +59,10 @@ def report_to_text(report: CheckReport, max_per_kind: int = 10) -> str:
         f"Defective boxes (dropped or clipped): {len(report.defective_boxes)}",
     ]
     for issue in report.issues:  # the one problem that makes everything else moot comes first
-        if issue.kind == "no_labels_found":
+        if issue.kind in ("no_labels_found", "empty_dataset"):
             lines[1:1] = ["", f"WARNING: {issue.message}", ""]
+    if not report.used_images and not any(i.kind == "empty_dataset" for i in report.issues):
+        lines[1:1] = ["", f"WARNING: no image can be used ({report.left_out_images} left out: see Problems)", ""]
     by_kind: dict[str, list[Issue]] = defaultdict(list)
     for issue in report.issues:
         by_kind[issue.kind].append(issue)

@@ -120,6 +120,7 @@ class Issue:
         action: what was done: ``"dropped"`` (left out), ``"clipped"``, ``"kept"``, ``"ignored"``.
         scope: ``"image"``, ``"box"`` or ``"file"`` (what the action applies to).
         count: how many items this issue covers (normally 1).
+        boxes: for an image left out, how many of its boxes go with it (counted among the left-out boxes).
     """
 
     file: str
@@ -128,6 +129,7 @@ class Issue:
     action: str
     scope: str = "box"
     count: int = 1
+    boxes: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -137,6 +139,7 @@ class Issue:
             "action": self.action,
             "scope": self.scope,
             "count": self.count,
+            "boxes": self.boxes,
         }
 
 
