@@ -265,6 +265,20 @@ def test_runs_page_shows_died_and_bad_runs(ws: Workspace) -> None:
     assert not at.exception and metrics(at)["state"] == "unknown"
 
 
+def test_runs_page_shows_extra_run_folders(ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    make_run(elsewhere, "ext1", 2)
+    make_run(elsewhere, "ext2", 3)
+    make_run(ws.runs_dir, "own", 1)
+    monkeypatch.setenv("YOLOV7_DASHBOARD_RUNS", os.pathsep.join([str(elsewhere), str(tmp_path / "gone")]))
+    at = app_test()
+    table = at.dataframe[0].value
+    assert sorted(table["run"]) == ["elsewhere/ext1", "elsewhere/ext2", "own"]
+    assert f"{tmp_path / 'gone'}: no such folder (given with --runs)" in texts(at)
+    at.selectbox(key="run_pick").select("elsewhere/ext2").run()
+    assert metrics(at)["epoch"] == "3/5"
+
+
 def test_runs_page_empty_workspace(ws: Workspace) -> None:
     at = app_test()
     assert "No runs yet" in texts(at)
