@@ -279,6 +279,26 @@ def test_runs_page_shows_extra_run_folders(ws: Workspace, tmp_path: Path, monkey
     assert metrics(at)["epoch"] == "3/5"
 
 
+def test_runs_page_objectness_slider(ws: Workspace) -> None:
+    """Objectness snapshots (``--objectness-every``) show as one figure with a slider over the epochs."""
+    from core.explore import explore_image, write_snapshot
+    from core.models import build_model, get_spec, scale_width
+
+    run = make_run(ws.runs_dir, "snaps", 2)
+    model = build_model(scale_width(get_spec("yolov7-tiny"), 0.25), 4, aux=True).eval()
+    rec = DD.load(ws, "demo").split("val")[0]
+    (run.root / "objectness").mkdir()
+    for epoch in (0, 2):
+        exp = explore_image(model, rec.path, rec.boxes, rec.classes, img_size=64)
+        write_snapshot(exp, run.root / "objectness" / f"epoch_{epoch:03d}.npz", epoch)
+    at = app_test()
+    at.selectbox(key="run_pick").select("snaps").run()
+    assert not at.exception
+    spec = json.loads(next(c for c in charts(at) if c.key == "convergence").proto.spec)
+    steps = spec["layout"]["sliders"][0]["steps"]
+    assert len(steps) == 2 and [s["label"] for s in steps][-1].endswith("2")
+
+
 def test_runs_page_empty_workspace(ws: Workspace) -> None:
     at = app_test()
     assert "No runs yet" in texts(at)

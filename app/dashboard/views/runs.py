@@ -23,6 +23,8 @@ if not refs:
     st.info(f"No runs yet in {ctx.workspace.runs_dir}. Start one on the Launch page (or `yolov7-studio train`).")
     st.stop()
 live = cached.states(ctx, refs)
+# live runs first, then the newest
+summaries = sorted(summaries, key=lambda s: (live[s.key] in ACTIVE_STATES, s.started or 0.0), reverse=True)
 table = pd.DataFrame([R.summary_row(s, live[s.key]) for s in summaries])
 st.dataframe(
     table,
