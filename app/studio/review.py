@@ -139,6 +139,10 @@ def build(ctx: StudioContext) -> None:
         return cases[row]["key"] if isinstance(row, int) and 0 <= row < len(cases) else ""
 
     def pick_picture(cases: list[dict[str, Any]], evt: gr.SelectData) -> str:
+        caption = str((evt.value or {}).get("caption") or "") if isinstance(evt.value, dict) else ""
+        rank = caption.split(".", 1)[0]  # captions start with the case's rank (unreadable images are skipped)
+        if rank.isdigit() and 0 < int(rank) <= len(cases):
+            return cases[int(rank) - 1]["key"]
         return pick_row(cases, evt)
 
     table.select(pick_row, cases_state, selected, api_visibility="private")
