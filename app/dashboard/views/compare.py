@@ -40,6 +40,9 @@ st.caption("★ marks each run's best epoch (fitness 0.1·mAP50 + 0.9·mAP50-95,
 left, right = st.columns([3, 2])
 with left:
     st.plotly_chart(R.tradeoff_figure([by_label[lb] for lb in picked]), key="tradeoff")
+    missing = [lb for lb in picked if by_label[lb].latency_ms is None or by_label[lb].best_map is None]
+    if missing:
+        st.caption(f"Not in the scatter (no final evaluation with a latency yet): {', '.join(missing)}")
 with right:
     st.markdown("**Best epochs**")
     st.dataframe(pd.DataFrame(R.best_epochs(runs)), hide_index=True, width="stretch", key="best_epochs")
