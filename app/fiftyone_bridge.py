@@ -7,7 +7,9 @@ YOLOv7's own view of every label in one persistent FiftyOne dataset (with its re
 
 or ``yolov7-studio fiftyone --data PATH --weights CKPT [CKPT ...] [--name NAME] [--split SPLIT] [--launch]``.
 
-What the dataset holds (running again updates it in place, samples keyed by file path):
+What the dataset holds (running again updates it in place, samples keyed by file path: known images keep their
+sample ids and get their fields replaced, new ones are added, and images of the processed splits that are no longer
+in the source, or beyond ``max_images``, are removed):
 
 * ``ground_truth``: ``fo.Detections`` with class names and relative boxes (the cleaned labels that training uses,
   ``core.data.check_dataset``); the split as a tag and in ``split``; the check's problems of each image as

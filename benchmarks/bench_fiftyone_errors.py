@@ -166,7 +166,7 @@ def main() -> int:
             gt_rows.append({"m": m, "nopos": float(bool(getattr(d, "no_positive", False))), "fine": fine or 0,
                             "fn": fn, "hit": hit})  # fmt: skip
         for d in s[field].detections if s[field] else []:
-            if d.get_field("mistakenness_eval") != "fp":
+            if getattr(d, "errors_eval", None) != "fp":  # matches no label (class-agnostic, IoU 0.5)
                 continue
             x, y, bw, bh = d.bounding_box
             box = np.array([x * w, y * h, (x + bw) * w, (y + bh) * h])

@@ -157,6 +157,8 @@ def test_samples_boxes_splits_equal_the_source(built, demo):
         dataset.list_saved_views()
     )
     assert dataset.has_brain_run("mistakenness") and dataset.has_sample_field("possible_missing")
+    status = dataset.count_values("pred_demo_yolov7_tiny_aux.detections.errors_eval")  # the likely-missing matching
+    assert set(status) <= {"tp", "fp"} and sum(status.values()) == dataset.count("pred_demo_yolov7_tiny_aux.detections")
 
 
 @pytest.mark.slow

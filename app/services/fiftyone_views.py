@@ -12,6 +12,7 @@ from typing import Any
 FORMS = ("training", "deploy", "onnx")  # the forms a checkpoint's predictions can come from
 GT_FIELD = "ground_truth"
 MISTAKENNESS = "mistakenness"  # the brain key and the field names compute_mistakenness writes
+ERRORS_EVAL = "errors_eval"  # class-agnostic match (IoU 0.5) of the label-error variant: "fp" = covers no label
 LIKELY_WRONG_MIN = 0.5  # a matched label whose class or box disagrees with a confident prediction
 LIKELY_MISSING_CONF = 0.5  # an unmatched prediction this confident is a likely missing label
 
@@ -56,7 +57,8 @@ def evaluate_variant(dataset: Any, pred_field: str, eval_key: str) -> VariantEva
 def label_errors(dataset: Any, pred_field: str) -> None:
     """``fiftyone.brain.compute_mistakenness`` of ``ground_truth`` against ``pred_field`` (replacing an earlier run):
     ``mistakenness`` / ``mistakenness_loc`` / ``possible_spurious`` on ground-truth boxes, ``possible_missing`` on
-    predictions, and per sample the maximum mistakenness and both counts."""
+    predictions, and per sample the maximum mistakenness and both counts; plus ``errors_eval`` (``tp``/``fp``/``fn``),
+    the class-agnostic IoU-0.5 matching of ``pred_field`` to the labels that the brain uses (it deletes its own)."""
     import fiftyone.brain as fob
 
     if dataset.has_brain_run(MISTAKENNESS):
@@ -67,6 +69,12 @@ def label_errors(dataset: Any, pred_field: str) -> None:
         if dataset.has_sample_field(f):
             dataset.delete_sample_field(f)
     fob.compute_mistakenness(dataset, pred_field, label_field=GT_FIELD, progress=False)
+    # the brain deletes its own class-agnostic matching afterwards; keep one for the likely-missing view
+    if dataset.has_evaluation(ERRORS_EVAL):
+        dataset.delete_evaluation(ERRORS_EVAL)
+    dataset.evaluate_detections(
+        pred_field, gt_field=GT_FIELD, eval_key=ERRORS_EVAL, classwise=False, iou=0.5, progress=False
+    )
 
 
 def save_views(
@@ -88,9 +96,8 @@ def save_views(
             f"{eval_key}_fn", reverse=True
         )
     if error_field is not None:
-        mk_eval = MISTAKENNESS + "_eval"
         views["likely_missing"] = dataset.filter_labels(
-            error_field, (F(mk_eval) == "fp") & (F("confidence") >= LIKELY_MISSING_CONF)
+            error_field, (F(ERRORS_EVAL) == "fp") & (F("confidence") >= LIKELY_MISSING_CONF)
         )
         views["likely_wrong"] = dataset.filter_labels(
             GT_FIELD, (F(MISTAKENNESS) >= LIKELY_WRONG_MIN) | (F(MISTAKENNESS + "_loc") >= LIKELY_WRONG_MIN)
