@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import logging
@@ -86,6 +87,9 @@ def test_runtime_backend_gives_the_torch_detections(
     # per-call NMS overrides still apply (the runtime returns the decoded output, NMS stays ours)
     strict = predictor(images, conf=0.6, classes=[1])
     assert all(set(d.labels.tolist()) <= {1} and (d.scores > 0.6).all() for d in strict)
+    clone = copy.deepcopy(predictor)  # e.g. a UI's per-session state: the session is opened again
+    assert clone.backend == backend
+    _same_detections(list(clone(images)), reference)
     record = json.loads(predictor.export_path.with_suffix(".json").read_text())
     assert record["checks"][backend]["passed"] and "PASSED" in record["checks"][backend]["text"]
 
@@ -117,8 +121,6 @@ def test_cache_is_keyed_by_checkpoint_content_and_never_stale(tmp_path: Path) ->
 
 
 def test_cache_key_follows_content_not_identity(model: torch.nn.Module) -> None:
-    import copy
-
     twin = copy.deepcopy(model)
     assert B.cache_key(twin, 128) == B.cache_key(model, 128)
     assert B.cache_key(model, 128) != B.cache_key(model, 160)

@@ -124,7 +124,7 @@ def test_export_cli_int8_is_gated_on_map_and_openvino_ir(tmp_path: Path, capsys:
     args = ["export", str(weights), "--img", "64", "--int8", "--data", str(data), "--calib", "8", "--out", str(out)]
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert out.is_file() and "calibrating on 8 training images" in text and "mAP50-95 fp32" in text
+    assert out.is_file() and "calibrating on 8 training images" in text and "mAP50-95 in onnxruntime: fp32" in text
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}

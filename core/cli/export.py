@@ -106,13 +106,14 @@ def run(args: argparse.Namespace) -> int:
     return 0 if check.passed else 1
 
 
-def _evaluate_graph(path: Path, dataset: Any, split: str, img_size: int) -> float:
-    """mAP50-95 (pycocotools) of an ONNX graph in ONNX Runtime on ``split`` (test.py settings)."""
+def _evaluate_graph(path: Path, dataset: Any, split: str, img_size: int, runtime: str) -> float:
+    """mAP50-95 (pycocotools) of an ONNX graph in ``runtime`` (the one the export targets) on ``split``."""
     from core.eval import evaluate
-    from core.inference.backends import OnnxRuntimeRunner, RuntimeNetwork
+    from core.inference.backends import OnnxRuntimeRunner, OpenVinoRunner, RuntimeNetwork
     from core.nms import NmsConfig
 
-    net = RuntimeNetwork(OnnxRuntimeRunner(path), "onnxruntime", 32)
+    runner = OpenVinoRunner(path) if runtime == "openvino" else OnnxRuntimeRunner(path)
+    net = RuntimeNetwork(runner, runtime, 32)
     nms = NmsConfig(conf=0.001, iou=0.65, multi_label=True)
     return float(evaluate(net, dataset, split, img_size=img_size, batch_size=1, nms=nms).coco.map)
 
@@ -173,9 +174,10 @@ def _run_openvino_or_int8(args: argparse.Namespace, model: Any, out: Path, nms: 
             except (ExportError, RuntimeError, ValueError) as exc:
                 print(f"error: int8 quantization failed: {exc}", file=sys.stderr)
                 return 1
-            before, after = (_evaluate_graph(g, dataset, split, args.img) for g in (fp32, graph))
+            runtime = "openvino" if args.format == "openvino" else "onnxruntime"
+            before, after = (_evaluate_graph(g, dataset, split, args.img, runtime) for g in (fp32, graph))
             drop = 100 * (before - after)
-            print(f"mAP50-95 fp32 {100 * before:.2f}, int8 {100 * after:.2f}: drop {drop:.2f} points")
+            print(f"mAP50-95 in {runtime}: fp32 {100 * before:.2f}, int8 {100 * after:.2f}: drop {drop:.2f} points")
             if drop > args.max_drop:
                 print(f"int8 not offered: the drop is over {args.max_drop} points; use the fp32 export",
                       file=sys.stderr)  # fmt: skip

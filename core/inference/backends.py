@@ -9,9 +9,11 @@ of the weights, input size and batch in :func:`cache_dir` (``$YOLOV7_STUDIO_CACH
 ``~/.cache/yolov7-studio``): a changed checkpoint has a new key, so a stale graph is never used. Each runtime is
 checked against PyTorch on probe inputs once, when it first meets a cached graph; the result is stored beside it.
 
-``auto`` order on a CPU, from ``benchmarks/bench_backends.py`` on the project's 2-core AVX2 EPYC (yolov7-tiny
-deploy, batch 1): ONNX Runtime, then OpenVINO, then PyTorch; a runtime that is not installed (or whose graph
-fails its check) is skipped with the reason logged.
+``auto`` order on a CPU: ONNX Runtime, then OpenVINO, then PyTorch; a runtime that is not installed (or whose
+graph fails its check) is skipped with the reason logged. ``benchmarks/bench_backends.py`` (yolov7-tiny deploy,
+batch 1, 2 threads) put both runtimes 1.3-1.6x ahead of PyTorch on a quiet 2-core AVX2 EPYC (issue 17) and 4-10x
+ahead under a concurrent training load on the project's shared 2-core AVX-512 BF16 EPYC, where the two were within
+noise of each other; ONNX Runtime comes first because it is the one the ``export`` extra already installs.
 """
 
 from __future__ import annotations
@@ -212,7 +214,7 @@ class OpenVinoRunner:
 
 
 Runner = Callable[[np.ndarray], np.ndarray]
-_RUNNERS: dict[str, Callable[..., Any]] = {"onnxruntime": OnnxRuntimeRunner, "openvino": OpenVinoRunner}
+RUNNERS: dict[str, Callable[..., Any]] = {"onnxruntime": OnnxRuntimeRunner, "openvino": OpenVinoRunner}
 
 
 def probe_inputs(img_size: int, stride: int) -> list[torch.Tensor]:
@@ -243,7 +245,7 @@ def build_runner(
         raise BackendError(f"backend {backend!r} is not available: {why}")
     try:
         entry = cached_export(model, img_size, directory=directory)
-        runner = _RUNNERS[backend](entry.path, threads=threads)
+        runner = RUNNERS[backend](entry.path, threads=threads)
     except BackendError:
         raise
     except Exception as exc:

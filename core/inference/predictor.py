@@ -37,6 +37,7 @@ from core.device import select_device
 from core.inference.backends import (
     BACKEND_LABELS,
     CPU_PREFERENCE,
+    RUNNERS,
     BackendError,
     Runner,
     build_runner,
@@ -182,6 +183,7 @@ class Predictor:
         self.nms = nms or NmsConfig()
         self.batch_size = max(1, int(batch_size))
         self._runner: Runner | None = None
+        self._threads = threads
         self.export_path: Path | None = None
         if self.backend != "torch":
             self._start_runtime(requested, cache_dir, threads)
@@ -216,14 +218,18 @@ class Predictor:
         return dict(getattr(self._last, "timing", {}))
 
     def __getstate__(self) -> dict[str, Any]:
-        """Copies and pickles (e.g. a UI's per-session state) leave out the per-thread last timings."""
+        """Copies and pickles (e.g. a UI's per-session state) leave out the per-thread last timings and the
+        runtime session, which is opened again from the cached graph."""
         state = self.__dict__.copy()
         del state["_last"]
+        state["_runner"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._last = threading.local()
+        if self.backend != "torch" and self.export_path is not None:
+            self._runner = RUNNERS[self.backend](self.export_path, threads=self._threads)
 
     def _resolve_precision(self, precision: Precision) -> str:
         if precision == "auto":
