@@ -337,3 +337,14 @@ def test_trainer_logs_through_logging_not_stdout_unless_given_a_log(demo: Path, 
     lines: list[str] = []
     Trainer(_cfg(demo, tmp_path / "told", max_steps=1), log=lines.append).fit()
     assert lines and lines == [ln for ln in (tmp_path / "told" / "train.log").read_text().splitlines() if ln in lines]
+
+
+def test_results_csv_cut_short_reads_with_missing_values(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r").create()
+    run.append_result({"epoch": 1, "box": 0.5, "mAP50": 0.1})
+    run.append_result({"epoch": 2, "box": 0.4, "mAP50": 0.2})
+    text = run.results.read_text()
+    run.results.write_text(text[: text.rindex(",")])  # the last row loses its last field
+    rows = run.read_results()
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["box"] == 0.4
+    assert rows[0]["mAP50"] == 0.1 and rows[1]["mAP50"] != rows[1]["mAP50"]  # NaN where the row was cut

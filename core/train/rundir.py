@@ -267,7 +267,8 @@ class RunDir:
         if not self.results.exists():
             return []
         with open(self.results, newline="") as f:
-            return [{k: _parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
+            # a row cut short (a damaged file) reads with NaN for its missing columns; surplus fields are ignored
+            return [{k: _parse(v) for k, v in r.items() if k is not None} for r in csv.DictReader(f)]
 
     def truncate_results(self, last_epoch: int) -> None:
         """Drop rows after ``last_epoch`` (used when resuming from an earlier checkpoint)."""
@@ -284,8 +285,8 @@ def _fmt(v: Any) -> Any:
     return "" if v is None else v
 
 
-def _parse(v: str) -> Any:
-    if v == "":
+def _parse(v: str | None) -> Any:
+    if v is None or v == "":
         return float("nan")
     try:
         f = float(v)
