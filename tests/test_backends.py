@@ -243,3 +243,22 @@ def test_detect_cli_backend_flag(tmp_path: Path, capsys: pytest.CaptureFixture) 
             assert np.allclose(a["box_xyxy"], b["box_xyxy"], atol=2e-2) and abs(a["score"] - b["score"]) <= 1e-4
     with pytest.raises(SystemExit):
         main(["detect", "--weights", str(weights), str(src), "--out", str(tmp_path / "x"), "--backend", "nope"])
+
+
+def test_val_cli_backend_flag(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from core.data.demo import ensure_demo_dataset
+    from core.data.load import load_dataset
+
+    data = ensure_demo_dataset(tmp_path / "demo", n_images=12, img_size=64, seed=1)
+    names = list(load_dataset(data).class_names)
+    model = build_model(scale_width(get_spec("yolov7-tiny"), 0.125), len(names), class_names=names)
+    weights = tmp_path / "m.pt"
+    save_checkpoint(weights, well_conditioned_(model, head_gain=1.0).eval())
+    stats = {}
+    for backend in ("torch", "onnxruntime"):
+        args = ["val", "--data", str(data), "--weights", str(weights), "--split", "train", "--img", "64"]
+        assert main([*args, "--device", "cpu", "--backend", backend, "--json", "--workers", "0"]) == 0
+        stats[backend] = json.loads(capsys.readouterr().out)
+    assert stats["onnxruntime"]["boxes"] == stats["torch"]["boxes"] > 0
+    for key, value in stats["torch"]["coco"].items():
+        assert stats["onnxruntime"]["coco"][key] == pytest.approx(value, abs=1e-3), key
