@@ -170,3 +170,144 @@ def test_assign_aux_keeps_the_checkpoint_class_names(tmp_path: Path, capsys: pyt
     assert rc == 0
     data = json.loads((out / "a_assignment.json").read_text())
     assert data["class_names"] == ["rbc", "wbc"]
+
+
+# -- defaults that fit the data -------------------------------------------------------------------------------------
+def _help(capsys: pytest.CaptureFixture, *argv: str) -> str:
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    return capsys.readouterr().out
+
+
+def test_every_help_shows_defaults_and_val_has_descriptions(capsys: pytest.CaptureFixture) -> None:
+    assert "number of images (default: 300)" in _help(capsys, "data", "demo")
+    assert "random seed of the augmentations (default: 0)" in _help(capsys, "data", "preview")
+    val = " ".join(_help(capsys, "val").split())
+    assert "COCO AP/AR" in val and "NMS IoU threshold (default: 0.65)" in val
+    assert "input size (default: the checkpoint's training size)" in val
+    train = " ".join(_help(capsys, "train").split())
+    assert "(default auto)" in train and "(default yolov7-tiny)" in train and "--recipe" in train
+    assign = " ".join(_help(capsys, "assign").split())
+    assert "default: the checkpoint's training size" in assign
+
+
+def test_small_dataset_recipe_is_chosen_by_size_and_says_why() -> None:
+    from core.train import TrainConfig
+    from core.train.setup import from_scratch_warning, resolve_recipe
+
+    cfg, note = resolve_recipe(TrainConfig(data="d", epochs=12), 200)
+    assert (cfg.recipe, cfg.optimizer, cfg.nbs, cfg.close_mosaic) == ("small", "adamw", 16, 2)
+    assert cfg.hyp_overrides == {"lr0": 0.002}
+    assert "200 training images < 1000" in note and "ADAMW lr0 0.002" in note and "--recipe official" in note
+    assert resolve_recipe(cfg, 200)[0] == cfg  # a resumed/relaunched run resolves to the same
+    big, note = resolve_recipe(TrainConfig(data="d"), 5000)
+    assert (big.recipe, big.optimizer, big.nbs) == ("official", "sgd", 64) and "5000 training images >= 1000" in note
+    given, note = resolve_recipe(TrainConfig(data="d", epochs=50, optimizer="adam", nbs=32), 200)
+    assert (given.optimizer, given.nbs, given.close_mosaic) == ("adam", 32, 10) and "lr0" not in given.hyp_overrides
+    assert "kept as given: nbs, optimizer" in note
+    forced, _ = resolve_recipe(TrainConfig(data="d", recipe="official"), 200)
+    assert forced.optimizer == "sgd" and forced.nbs == 64
+    warning = from_scratch_warning(TrainConfig(data="d"), 200)
+    assert warning is not None and "from scratch on 200 images" in warning and "--weights" in warning
+    assert from_scratch_warning(TrainConfig(data="d", weights="yolov7-tiny.pt"), 200) is None
+
+
+def test_commands_default_to_the_checkpoint_training_size() -> None:
+    from core.cli.sizes import default_size, training_size
+
+    assert training_size({"train": {"config": {"img": 320}}}) == 320
+    assert training_size({"train": {"img": 256}}) == 256 and training_size({"train": None}) is None
+    size, note = default_size(None, {"train": {"config": {"img": 320}}})
+    assert size == 320 and note is not None and "trained at" in note
+    assert default_size(416, {"train": {"config": {"img": 320}}}) == (416, None)
+    assert default_size(None, {})[0] == 640
+
+
+def test_assign_uses_the_checkpoint_training_size(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    image = tmp_path / "a.png"
+    Image.fromarray(np.full((64, 80, 3), 90, dtype=np.uint8)).save(image)
+    model = build_model(scale_width(get_spec("yolov7-tiny"), 0.125), 1, class_names=["cell"])
+    ckpt = save_checkpoint(tmp_path / "m.pt", model, train={"config": {"img": 96}})
+    assert main(["assign", str(image), "--weights", str(ckpt), "--no-png", "--out", str(tmp_path / "o")]) == 0
+    assert "input size 96 (the size the checkpoint was trained at" in capsys.readouterr().err
+    data = json.loads((tmp_path / "o" / "a_assignment.json").read_text())
+    assert data["mapping"]["img_size"] == 96 if "img_size" in data["mapping"] else True
+
+
+@pytest.mark.slow
+def test_training_logs_the_recipe_and_evaluates_the_test_split(tmp_path: Path) -> None:
+    from core.data.demo import make_demo_dataset
+    from core.train import TrainConfig, Trainer
+
+    data = make_demo_dataset(tmp_path / "demo", n_images=20, img_size=64, fractions=(0.6, 0.2, 0.2))
+    lines: list[str] = []
+    cfg = TrainConfig(
+        data=str(data), model="yolov7-tiny", width=0.25, out=str(tmp_path / "run"), epochs=1, img=64, batch=4,
+        workers=0, device="cpu", autoanchor=False, progress=False, plots="none", eval_conf=0.01,
+    )  # fmt: skip
+    assert Trainer(cfg, log=lines.append).fit()["state"] == "finished"
+    log = "\n".join(lines)
+    assert "recipe: small-dataset (ADAMW lr0 0.002, nominal batch 16" in log and "12 training images < 1000" in log
+    assert "warning: training from scratch on 12 images" in log
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["split"] == "val" and metrics["test"]["split"] == "test" and len(metrics["test"]["coco"]) == 12
+    assert (tmp_path / "run" / "predictions_test.json").is_file()
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert saved["recipe"] == "small" and saved["optimizer"] == "adamw"
+
+
+# -- a stopped run ends at once -------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_sigterm_ends_a_run_quietly_without_the_png_export(tmp_path: Path) -> None:
+    """A front end waits on a stopped run: SIGTERM saves last.pt and the process ends (HTML plots only, no
+    traceback). The time from SIGTERM to exit is measured and printed, not asserted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from core.data.demo import make_demo_dataset
+
+    data = make_demo_dataset(tmp_path / "demo", n_images=16, img_size=64)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-c", "import sys; from core.cli import main; sys.exit(main())", "train", "--data",
+           str(data), "--width", "0.25", "--img", "64", "--batch", "4", "--epochs", "200", "--workers", "0",
+           "--device", "cpu", "--no-autoanchor", "--no-progress", "--plots", "all", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path.cwd())
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            status = out / "status.json"
+            if (out / "results.csv").is_file() and status.is_file():  # one epoch done: plots/ has its HTML
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        os.kill(proc.pid, signal.SIGTERM)
+        sent = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=300)
+        print(f"SIGTERM to exit: {time.monotonic() - sent:.1f} s")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "Traceback" not in stderr and "JSONError" not in stderr
+    assert "stopped by SIGTERM" in stdout and "HTML only" in stdout
+    assert json.loads((out / "status.json").read_text())["state"] == "stopped"
+    assert (out / "plots" / "losses.html").is_file() and not (out / "plots" / "losses.png").exists()
+
+
+# -- plots that explain themselves ----------------------------------------------------------------------------------
+def test_losses_figure_says_aux_only_with_one_and_drops_the_flat_class_panel() -> None:
+    from core.train.plots import losses_figure
+
+    rows = [{"epoch": e, "box": 0.1 / e, "obj": 0.05 / e, "cls": 0.0, "aux_box": "", "aux_obj": "", "aux_cls": ""}
+            for e in range(1, 4)]  # fmt: skip
+    fig = losses_figure(rows)
+    title = fig.layout.title.text
+    assert "dashed" not in title and "no auxiliary head" in title and "one class" in title
+    assert [a.text for a in fig.layout.annotations] == ["box (1 - CIoU)", "objectness"]
+    with_aux = [{**r, "cls": 0.02 / r["epoch"], "aux_box": 0.2, "aux_obj": 0.1, "aux_cls": 0.05} for r in rows]
+    fig = losses_figure(with_aux)
+    assert "auxiliary head dashed" in fig.layout.title.text and len(fig.layout.annotations) == 3
+    assert sum(1 for t in fig.data if t.line.dash == "dash") == 3

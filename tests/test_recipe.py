@@ -247,9 +247,9 @@ def recorded_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Trainer, _Re
     # 12 images, 75/25/0 split: 9 train images; batch 3 -> nb = 3 batches per epoch
     data = make_demo_dataset(root / "demo", n_images=12, img_size=64, fractions=(0.75, 0.25, 0.0))
     cfg = TrainConfig(
-        data=str(data), model="yolov7-tiny", width=0.25, out=str(root / "run"), epochs=10, img=64, batch=3, nbs=8,
-        hyp="p5", workers=0, device="cpu", seed=0, warmup_min_iters=0, eval_interval=1000, autoanchor=False,
-        max_steps=10, progress=False, plots="none",
+        data=str(data), recipe="official", model="yolov7-tiny", width=0.25, out=str(root / "run"), epochs=10, img=64,
+        batch=3, nbs=8, hyp="p5", workers=0, device="cpu", seed=0, warmup_min_iters=0, eval_interval=1000,
+        autoanchor=False, max_steps=10, progress=False, plots="none",
     )  # fmt: skip
     rec = _Recorder()
     trainer = Trainer(cfg, hooks=[rec], log=lambda _msg: None)

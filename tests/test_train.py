@@ -21,6 +21,7 @@ def demo(tmp_path_factory) -> Path:
 def _cfg(demo: Path, out: Path, **kw) -> TrainConfig:
     base = dict(
         data=str(demo),
+        recipe="official",  # the official recipe's exact behaviour (the small-dataset one: tests/test_new_user.py)
         model="yolov7-tiny",
         width=0.25,
         out=str(out),

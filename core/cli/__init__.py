@@ -52,7 +52,36 @@ def build_parser(extra: list[Callable[[argparse._SubParsersAction], None]] | Non
         module.register(sub)
     for register in extra or []:
         register(sub)
+    _show_defaults(parser)
     return parser
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default (unless the help text already says it, or there is none to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or default is None
+            or default is False
+            or default == argparse.SUPPRESS
+            or "default" in text.lower()
+            or isinstance(action, (argparse._HelpAction, argparse._VersionAction))
+        ):
+            return action.help
+        return f"{text} (default: %(default)s)".strip()
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Give every (sub-)parser the defaults-showing help formatter, unless it chose another one."""
+    if parser.formatter_class is argparse.HelpFormatter:
+        parser.formatter_class = DefaultsHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                _show_defaults(child)
 
 
 def _register_broken(sub: argparse._SubParsersAction, name: str, exc: ImportError) -> None:
@@ -65,9 +94,7 @@ def _register_broken(sub: argparse._SubParsersAction, name: str, exc: ImportErro
     p.set_defaults(func=fail)
 
 
-def main(
-    argv: list[str] | None = None, extra: list[Callable[[argparse._SubParsersAction], None]] | None = None
-) -> int:
+def main(argv: list[str] | None = None, extra: list[Callable[[argparse._SubParsersAction], None]] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     parser = build_parser(extra)
     args = parser.parse_args(argv)

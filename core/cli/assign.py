@@ -38,7 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stats", action="store_true", help="dataset mode: write the statistics (the default there)")
     p.add_argument("--examples", type=int, default=0, help="dataset mode: also explore the first N images")
     p.add_argument("--max-images", type=int, default=None, help="dataset mode: use only the first N images")
-    p.add_argument("--img", type=int, default=640, help="square input size (default 640)")
+    p.add_argument(
+        "--img", type=int, default=None, help="square input size (default: the checkpoint's training size, else 640)"
+    )
     p.add_argument("--topk", type=int, default=None, help="IoUs summed for dynamic k (default 20; 10 with "
                    "--no-coarse)")  # fmt: skip
     p.add_argument("--no-coarse", action="store_true", help="only the fine (lead) label set")
@@ -74,6 +76,11 @@ def _model(args: argparse.Namespace, names: list[str] | None) -> Any:
         except CheckpointError as exc:
             raise _UsageError(str(exc)) from None
         model = loaded.model
+        from core.cli.sizes import default_size
+
+        args.img, size_note = default_size(args.img, loaded.checkpoint)
+        if size_note:
+            print(f"note: {size_note}", file=sys.stderr)
         record = loaded.checkpoint.get("model") if loaded.checkpoint else None
         saved = record.get("class_names") if isinstance(record, dict) else None
         if saved and len(saved) == len(model.names) and list(model.names) != list(saved):
@@ -86,6 +93,7 @@ def _model(args: argparse.Namespace, names: list[str] | None) -> Any:
         return model
     from core.models import build_model, get_spec, scale_width
 
+    args.img = args.img or 640
     if args.names:
         names = [n.strip() for n in args.names.split(",") if n.strip()]
     if names is None:

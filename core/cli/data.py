@@ -42,15 +42,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     preview.add_argument("-n", "--num", type=int, default=16, help="number of samples (default 16)")
     preview.add_argument("--img-size", type=int, default=320, help="network input size (default 320)")
     preview.add_argument("--hyp", default="p5", help="hyperparameters: p5, p6, tiny, custom or a YAML file")
-    preview.add_argument("--seed", type=int, default=0)
+    preview.add_argument("--seed", type=int, default=0, help="random seed of the augmentations")
     preview.add_argument("--no-augment", action="store_true", help="show validation letterboxing instead")
     preview.set_defaults(func=_run_preview)
 
     demo = cmds.add_parser("demo", help="generate the built-in demo dataset (YOLO format)")
     demo.add_argument("--out", type=Path, default=Path("datasets/demo"), help="output folder (default datasets/demo)")
-    demo.add_argument("--n-images", type=int, default=300)
-    demo.add_argument("--img-size", type=int, default=320)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--n-images", type=int, default=300, help="number of images")
+    demo.add_argument("--img-size", type=int, default=320, help="image size in pixels")
+    demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.set_defaults(func=_run_demo)
 
 

@@ -22,7 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", metavar="FILE.json", help="start from this configuration (a run's config.json)")
     p.add_argument("--data", help="dataset folder, data.yaml, COCO json, .zip or dataset definition")
-    p.add_argument("--model", help="variant (see `yolov7-studio models`; default yolov7-tiny)")
+    p.add_argument(
+        "--recipe",
+        choices=("auto", "small", "official"),
+        help="training recipe: small = AdamW lr0 0.002, nominal batch 16, no mosaic in the last fifth of the run "
+        "(best on small datasets in the README's BCCD runs); official = SGD, nominal batch 64; auto = small under "
+        "1000 training images (the log says which and why); explicit flags always win",
+    )
+    p.add_argument("--model", help="variant (see `yolov7-studio models`)")
     p.add_argument("--weights", help="start from this checkpoint (ours or an official .pt)")
     p.add_argument("--width", type=float, help="channel-width multiple (official width_multiple)")
     p.add_argument("--aux", action=_BOOL, help="auxiliary head (default: as the official config; --aux adds it to P5)")
@@ -91,27 +98,57 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, help=argparse.SUPPRESS)
     p.add_argument("--progress", action=_BOOL, help="progress bars (default on)")
     p.set_defaults(func=run_train)
+    _show_config_defaults(p)
 
-    v = sub.add_parser("val", help="evaluate a checkpoint with COCO metrics (pycocotools)")
-    v.add_argument("--data", required=True)
-    v.add_argument("--weights", required=True)
-    v.add_argument("--split", default="val")
-    v.add_argument("--img", type=int, default=640)
-    v.add_argument("--batch", type=int, default=16)
-    v.add_argument("--conf", type=float, default=0.001)
-    v.add_argument("--iou", type=float, default=0.65)
-    v.add_argument("--device", default="auto")
-    v.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "openvino", "auto"))
-    v.add_argument("--workers", type=int, default=2)
+    v = sub.add_parser(
+        "val",
+        help="evaluate a checkpoint with COCO metrics (pycocotools)",
+        description="Evaluate a checkpoint on one split of a dataset: COCO AP/AR (pycocotools), precision and "
+        "recall at the best F1, per-class AP.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    v.add_argument("--data", required=True, help="dataset folder, data.yaml, COCO json, .zip or dataset definition")
+    v.add_argument("--weights", required=True, help="checkpoint (ours, official .pt, or an exported model file)")
+    v.add_argument("--split", default="val", help="split to evaluate (train, val or test)")
+    v.add_argument("--img", type=int, default=None, help="input size (default: the checkpoint's training size)")
+    v.add_argument("--batch", type=int, default=16, help="images per batch")
+    v.add_argument("--conf", type=float, default=0.001, help="confidence threshold before NMS")
+    v.add_argument("--iou", type=float, default=0.65, help="NMS IoU threshold")
+    v.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    v.add_argument(
+        "--backend",
+        default="torch",
+        choices=("torch", "onnxruntime", "openvino", "auto"),
+        help="inference runtime (auto: the fastest installed one)",
+    )
+    v.add_argument("--workers", type=int, default=2, help="data loader processes")
     v.add_argument("--save-json", default=None, help="write the COCO results JSON here")
     v.add_argument("--json", action="store_true", help="print metrics as JSON")
     v.set_defaults(func=run_val)
 
 
+def _show_config_defaults(p: argparse.ArgumentParser) -> None:
+    """Append TrainConfig's default to each flag's help (the parser itself has none: --config must win)."""
+    from core.train import TrainConfig
+
+    defaults = TrainConfig(data="")
+    for action in p._actions:
+        if action.help == argparse.SUPPRESS or not hasattr(defaults, action.dest) or action.dest == "data":
+            continue
+        text = action.help or ""
+        if "default" in text.lower():
+            continue
+        value = getattr(defaults, action.dest)
+        shown = "on" if value is True else "off" if value is False else ("none" if value in (None, ()) else value)
+        if action.dest == "out":
+            shown = "runs/<model>"
+        action.help = f"{text} (default {shown})".strip()
+
+
 # flags that are TrainConfig fields under the same name (dashes as underscores)
 _FIELDS = (
-    "data", "model", "width", "weights", "aux", "epochs", "img", "batch", "device", "out", "name", "hyp", "workers",
-    "seed", "optimizer", "lr_schedule", "nbs", "warmup_min_iters", "ema", "amp", "bf16", "channels_last",
+    "data", "recipe", "model", "width", "weights", "aux", "epochs", "img", "batch", "device", "out", "name", "hyp",
+    "workers", "seed", "optimizer", "lr_schedule", "nbs", "warmup_min_iters", "ema", "amp", "bf16", "channels_last",
     "multi_scale", "image_weights", "label_smoothing", "cache_images", "autoanchor", "patience", "close_mosaic",
     "eval_interval", "eval_conf", "eval_iou", "val_split", "train_split", "save_period", "sync_bn",
     "objectness_every", "plots", "max_steps", "progress",
@@ -247,6 +284,11 @@ def run_val(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     model = loaded.model
+    from core.cli.sizes import default_size
+
+    args.img, size_note = default_size(args.img, loaded.checkpoint)
+    if size_note and not args.json:
+        print(f"note: {size_note}", file=sys.stderr)
     if list(model.names) != list(dataset.class_names):
         print(
             f"error: the model's classes {model.names} differ from the dataset's {list(dataset.class_names)}",

@@ -20,23 +20,35 @@ def _col(rows: list[dict[str, Any]], key: str) -> list[float]:
     return [float(r.get(key, math.nan)) if r.get(key) not in ("", None) else math.nan for r in rows]
 
 
+def _explained(title: str, line: str) -> dict[str, Any]:
+    """A figure title with a one-line explanation under it, for a reader who has not read the paper."""
+    return {"text": f"{title}<br><sup>{line}</sup>", "x": 0.02, "xanchor": "left"}
+
+
 def losses_figure(rows: list[dict[str, Any]]) -> go.Figure:
-    """Lead losses (solid) and auxiliary losses (dashed) per epoch."""
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("box (CIoU)", "objectness", "classification"))
+    """Lead losses (solid) and auxiliary losses (dashed, only for a model with an auxiliary head) per epoch.
+
+    The classification panel is left out when the class loss is zero throughout (one-class data: nothing to tell
+    apart), so no flat line suggests that something is broken.
+    """
     epochs = _col(rows, "epoch")
+    has_cls = any(v > 0 for v in _col(rows, "cls") if not math.isnan(v))
+    has_aux = any(v > 0 for k in ("aux_box", "aux_obj", "aux_cls") for v in _col(rows, k) if not math.isnan(v))
+    panels = [("box", "box (1 - CIoU)"), ("obj", "objectness")] + ([("cls", "classification")] if has_cls else [])
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for _, t in panels])
     colours = {"box": "#1f77b4", "obj": "#d62728", "cls": "#2ca02c"}
-    for j, base in enumerate(("box", "obj", "cls")):
+    for j, (base, _) in enumerate(panels):
         fig.add_scatter(
             x=epochs,
             y=_col(rows, base),
-            name=f"lead {base}",
+            name=f"lead {base}" if has_aux else base,
             mode="lines+markers",
             row=1,
             col=j + 1,
             line={"color": colours[base]},
         )
         aux = _col(rows, f"aux_{base}")
-        if any(v > 0 for v in aux if not math.isnan(v)):
+        if has_aux and any(v > 0 for v in aux if not math.isnan(v)):
             fig.add_scatter(
                 x=epochs,
                 y=aux,
@@ -47,7 +59,22 @@ def losses_figure(rows: list[dict[str, Any]]) -> go.Figure:
                 line={"color": colours[base], "dash": "dash"},
             )
     fig.update_xaxes(title_text="epoch")
-    fig.update_layout(title="training losses (lead head solid, auxiliary head dashed)", height=380, width=1100)
+    heads = "lead head solid, auxiliary head dashed" if has_aux else "no auxiliary head"
+    line = (
+        "Training losses, lower is better: box = how well predicted boxes overlap the labels,<br>objectness = "
+        "'is there an object here'"
+        + (
+            ", classification = which class"
+            if has_cls
+            else "; no classification panel: one class, nothing to tell apart"
+        )
+    )
+    fig.update_layout(
+        title=_explained(f"training losses ({heads})", line),
+        height=430,
+        width=1100 if len(panels) == 3 else 800,
+        margin={"t": 140},
+    )
     return fig
 
 
@@ -60,7 +87,12 @@ def metrics_figure(rows: list[dict[str, Any]]) -> go.Figure:
             x=epochs, y=_col(rows, key), name=key, mode="lines+markers", line={"color": colour}, connectgaps=True
         )
     fig.update_layout(
-        title="validation metrics per epoch (EMA model; mAP from pycocotools)",
+        title=_explained(
+            "validation metrics per epoch (EMA model; mAP from pycocotools)",
+            "Higher is better: mAP50 = share of objects found with boxes overlapping at least 50%, averaged over "
+            "confidence; mAP50-95 = the same with stricter overlaps (the main score)",
+        ),
+        margin={"t": 100},
         xaxis_title="epoch",
         yaxis={"range": [0, 1]},
         height=420,
@@ -82,7 +114,14 @@ def pr_figure(result: Any) -> go.Figure:
             x=curves.recall[c][order], y=curves.precision[c][order], mode="lines", name=f"{name} (AP50 {ap50:.3f})"
         )
     fig.update_layout(
-        title=f"precision-recall at IoU 0.5 (mAP50 {result.coco.map50:.3f})",
+        title=_explained(
+            f"precision-recall at IoU 0.5 (mAP50 {result.coco.map50:.3f})",
+            "Each point is a confidence threshold: a lower one finds more objects (recall, right)<br>with more "
+            "false alarms (precision, down). AP50 is the area under the curve;<br>a barely trained model gives a "
+            "near-straight falling line",
+        ),
+        margin={"t": 140},
+        legend={"x": 0.02, "y": 0.02, "bgcolor": "rgba(255,255,255,0.7)"},
         xaxis_title="recall",
         yaxis_title="precision",
         xaxis={"range": [0, 1]},
@@ -113,7 +152,12 @@ def confusion_figure(result: Any) -> go.Figure:
         )
     )
     fig.update_layout(
-        title="confusion matrix (counts; colour = share of the true class; conf 0.25, IoU 0.45)",
+        title=_explained(
+            "confusion matrix (counts; colour = share of the true class; conf 0.25, IoU 0.45)",
+            "Rows: what the label says; columns: what the model predicted. The diagonal is right; 'background' "
+            "= missed<br>(row) or a detection where nothing is labelled (column)",
+        ),
+        margin={"t": 120},
         yaxis={"autorange": "reversed"},
         height=520,
         width=640,
@@ -162,4 +206,15 @@ class PlotHook(Hook):
     def after_train(self) -> None:
         t = self.trainer
         if t.is_main and hasattr(t, "run") and t.cfg.plots != "none":
-            write_run_plots(t.run, getattr(t, "last_eval", None), png=t.cfg.plots == "all")
+            png = t.cfg.plots == "all" and not stopped_by_user(getattr(t, "_stop_reason", None))
+            if t.cfg.plots == "all" and not png:
+                t.log(
+                    "plots written as HTML only: the PNG export (a headless browser) is skipped on a stop, "
+                    "so the run ends at once"
+                )
+            write_run_plots(t.run, getattr(t, "last_eval", None), png=png)
+
+
+def stopped_by_user(reason: str | None) -> bool:
+    """A stop someone is waiting on (SIGTERM/SIGINT, the STOP file), as opposed to early stopping or max_steps."""
+    return bool(reason) and (str(reason).startswith("stopped by") or str(reason).startswith("stop requested"))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.train.config import TrainConfig
+from core.train.config import SMALL_DATASET_IMAGES, SMALL_RECIPE, TrainConfig
 
 T = TypeVar("T")
 
@@ -173,6 +173,66 @@ def prepare_dataset(
         f"{ds.num_classes} classes"
     )
     return ds, summary
+
+
+def resolve_recipe(cfg: TrainConfig, n_train: int) -> tuple[TrainConfig, str]:
+    """The recipe for ``n_train`` training images, and a log line saying which one and why.
+
+    ``recipe="auto"`` picks the small-dataset recipe (``SMALL_RECIPE``) under ``SMALL_DATASET_IMAGES`` training
+    images, else the official one; ``"small"``/``"official"`` force it. The small recipe only changes settings left
+    at their defaults (optimizer, nominal batch, close_mosaic, lr0), so explicit flags always win. The returned
+    config names the recipe it resolved to (a resumed or relaunched run resolves to the same).
+    """
+    defaults = TrainConfig(data="")
+    if cfg.recipe not in ("auto", "small", "official"):
+        raise ValueError(f"recipe {cfg.recipe!r}: expected auto, small or official")
+    small = cfg.recipe == "small" or (cfg.recipe == "auto" and n_train < SMALL_DATASET_IMAGES)
+    why = (
+        "asked for (--recipe)"
+        if cfg.recipe != "auto"
+        else f"{n_train} training images {'<' if small else '>='} {SMALL_DATASET_IMAGES}"
+    )
+    if not small:
+        return cfg.replace(recipe="official"), (
+            f"recipe: official ({cfg.optimizer.upper()}, nominal batch {cfg.nbs}): {why}; "
+            "--recipe small for the small-dataset recipe"
+        )
+    changes: dict[str, Any] = {}
+    if cfg.optimizer == defaults.optimizer:
+        changes["optimizer"] = SMALL_RECIPE["optimizer"]
+        if "lr0" not in cfg.hyp_overrides:
+            changes["hyp_overrides"] = {**cfg.hyp_overrides, "lr0": SMALL_RECIPE["lr0"]}
+    if cfg.nbs == defaults.nbs:
+        changes["nbs"] = SMALL_RECIPE["nbs"]
+    if cfg.close_mosaic == defaults.close_mosaic and cfg.epochs >= 5:
+        changes["close_mosaic"] = min(10, max(1, round(cfg.epochs * SMALL_RECIPE["close_mosaic_share"])))
+    resolved = cfg.replace(recipe="small", **changes)
+    lr0 = resolved.hyp_overrides.get("lr0")
+    return resolved, (
+        f"recipe: small-dataset ({resolved.optimizer.upper()}{f' lr0 {lr0:g}' if lr0 is not None else ''}, "
+        f"nominal batch {resolved.nbs}, warmup >= {resolved.warmup_min_iters} it, no mosaic in the last "
+        f"{resolved.close_mosaic} epochs): {why}. On BCCD (364 images) it reached test mAP50-95 0.58 where the "
+        "official recipe (SGD, nominal batch 64: few optimizer steps on a small dataset) reached 0.17; "
+        "--recipe official for the official one"
+        + (f"; kept as given: {', '.join(sorted(_given(cfg, defaults)))}" if _given(cfg, defaults) else "")
+    )
+
+
+def _given(cfg: TrainConfig, defaults: TrainConfig) -> list[str]:
+    given = [f for f in ("optimizer", "nbs", "close_mosaic") if getattr(cfg, f) != getattr(defaults, f)]
+    return given + (["lr0"] if "lr0" in cfg.hyp_overrides else [])
+
+
+def from_scratch_warning(cfg: TrainConfig, n_train: int) -> str | None:
+    """A warning before a long wait: training from scratch on a small dataset learns little in a short run."""
+    if cfg.weights or n_train >= SMALL_DATASET_IMAGES:
+        return None
+    return (
+        f"warning: training from scratch on {n_train} images: a from-scratch model needs many epochs on a small "
+        "dataset (yolov7-tiny on ~200 images at 320 px reached test mAP50 0.07 after 12 epochs; BCCD needed 50 "
+        "epochs for 0.89). For a useful model sooner, start from pretrained weights: --weights with an official "
+        "YOLOv7 .pt (e.g. yolov7-tiny.pt from the YOLOv7 releases; upload it in the studio) or one of your checkpoints"
+    )
 
 
 def val_split(cfg: TrainConfig, dataset: Any) -> str:

@@ -149,6 +149,15 @@ class Trainer:
                 )
         S.seed_everything(cfg.seed + self.rank)
         self.dataset, self.data_report = S.prepare_dataset(cfg, self.log, self.should_stop)
+        n_train = len(self.dataset.split(cfg.train_split))
+        if self.resume_from is not None and cfg.recipe == "auto":
+            cfg = cfg.replace(recipe="official")  # a run saved before recipes were resolved trained officially
+        cfg, recipe_note = S.resolve_recipe(cfg, n_train)
+        self.cfg = cfg
+        self.log(recipe_note)
+        scratch = S.from_scratch_warning(cfg, n_train) if self.resume_from is None else None
+        if scratch:
+            self.log(scratch)
         self.hyp = S.resolve_hyp(cfg)
         ckpt = S.read_resume_checkpoint(self.resume_from) if self.resume_from else None
         self.model, note = S.build_or_load_model(cfg, self.dataset, ckpt)
@@ -516,24 +525,32 @@ class Trainer:
             self._stop_reason = f"{stop} (resume to run it)"
             return
         self.last_eval = result
-        atomic_write_text(
-            self.run.root / "metrics.json",
-            json.dumps(
-                {
-                    "split": split,
-                    "weights": str(self.run.best),
-                    "coco": result.coco.stats,
-                    "precision": result.precision,
-                    "recall": result.recall,
-                    "per_class_ap50": result.coco.per_class_ap50,
-                    "per_class_ap": result.coco.per_class_ap,
-                    "speed_ms_per_image": result.speed_ms,
-                },
-                indent=1,
-                default=str,
-            ),
-        )
+
+        def entry(res: Any) -> dict[str, Any]:
+            return {
+                "coco": res.coco.stats,
+                "precision": res.precision,
+                "recall": res.recall,
+                "per_class_ap50": res.coco.per_class_ap50,
+                "per_class_ap": res.coco.per_class_ap,
+                "speed_ms_per_image": res.speed_ms,
+            }
+
+        metrics: dict[str, Any] = {"split": split, "weights": str(self.run.best), **entry(result)}
         self.log(f"best.pt on '{split}':\n{result.coco.summary}{result.summary()}")
+        if split != "test" and self.dataset.split("test"):  # the held-out split, never used to pick best.pt
+            try:
+                test = S.evaluate_model(
+                    best, self.dataset, self.cfg.replace(val_split="test"), self.device,
+                    save_json=self.run.root / "predictions_test.json", should_stop=self._stop_checker(),
+                    what="the test-split evaluation of best.pt",
+                )  # fmt: skip
+            except StopTraining as stop:
+                self._stop_reason = f"{stop} (resume to run it)"
+            else:
+                metrics["test"] = {"split": "test", **entry(test)}
+                self.log(f"best.pt on 'test':\n{test.coco.summary}{test.summary()}")
+        atomic_write_text(self.run.root / "metrics.json", json.dumps(metrics, indent=1, default=str))
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _call(self, name: str) -> None:
