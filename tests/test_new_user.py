@@ -311,3 +311,18 @@ def test_losses_figure_says_aux_only_with_one_and_drops_the_flat_class_panel() -
     fig = losses_figure(with_aux)
     assert "auxiliary head dashed" in fig.layout.title.text and len(fig.layout.annotations) == 3
     assert sum(1 for t in fig.data if t.line.dash == "dash") == 3
+
+
+def test_assignment_figure_explains_fine_coarse_and_dynamic_k_without_overlap() -> None:
+    from core.explore import explore_image
+    from core.explore.figure import exploration_figure
+
+    model = build_model(scale_width(get_spec("yolov7-tiny"), 0.125), 2).eval()
+    rgb = np.full((64, 64, 3), 120, dtype=np.uint8)
+    exp = explore_image(model, rgb, np.array([[8.0, 8.0, 40.0, 40.0]]), np.array([0]), img_size=64)
+    fig = exploration_figure(exp)
+    legend = fig.layout.legend.title.text
+    assert "<i>fine</i> = the cells that teach the lead head" in legend and "<i>dynamic k</i> = how many" in legend
+    texts = [a.text for a in fig.layout.annotations]
+    assert not any("no aux map to show" in t for t in texts)  # no text drawn over the coarse cells
+    assert any("no AUX head in this model (no aux map)" in t for t in texts)  # said in the panel's title instead

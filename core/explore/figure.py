@@ -112,7 +112,11 @@ def _legend_title(exp: ImageExploration, level: int | None) -> str:
     what = f"positives on {exp.levels[level].name} of all levels" if level is not None else "positives (all levels)"
     return (
         f"<b>box</b> · fine / coarse: {what} (k = dynamic k) · a dotted box has no fine positive; "
-        "hover a cell for IoU and cost"
+        "hover a cell for IoU and cost<br>"
+        "<i>fine</i> = the cells that teach the lead head (the box's centre cell and 2 neighbours); <i>coarse</i> = "
+        "a wider set (centre and 4 neighbours) that teaches the auxiliary head · <i>dynamic k</i> = how many cells a "
+        "box keeps:<br>the sum of its best IoUs with the predictions (at least 1), so a box the model already "
+        "predicts well gets more; the k cells of lowest cost (class + IoU) win"
     )
 
 
@@ -177,7 +181,7 @@ class _Builder:
 
     def __init__(self, exp: ImageExploration, title: str, width: int) -> None:
         self.exp = exp
-        aux_title = "AUX head" if exp.has_aux else "no AUX head"
+        aux_title = "AUX head" if exp.has_aux else "no AUX head in this model (no aux map)"
         titles = (
             "input image and ground-truth boxes",
             "LEAD head · fine positives (filled)",
@@ -232,16 +236,6 @@ class _Builder:
             ),
             3,
         )
-        if not exp.has_aux:
-            self.fig.add_annotation(
-                text="this model has no auxiliary head:<br>no aux map to show",
-                row=1,
-                col=3,
-                x=s / 2,
-                y=s / 2,
-                showarrow=False,
-                font={"color": "white", "size": 14},
-            )
 
     def add_view(self, level: int, anchor: int, kinds: list[int | None], zmax_mode: str,
                  candidates: bool = True) -> None:  # fmt: skip
@@ -324,7 +318,7 @@ class _Builder:
         # three square panels across the width; the legend (one entry per box) below them
         panel = (self.width - 130) / 3
         rows = -(-(self.exp.num_boxes + 2) // 3) + 1
-        top, bottom = self.top, 24 + 29 * rows
+        top, bottom = self.top, 24 + 29 * rows + (40 if self.exp.view is not None else 0)  # 2 lines of explanation
         fig.update_layout(
             title={"text": self.title, "subtitle": {"text": self.view_title(level, anchor, kind), "font": {"size": 12}},
                    "x": 0.01, "xanchor": "left", "y": 1.0, "yanchor": "top", "pad": {"t": 10}, "font": {"size": 17}},
