@@ -326,3 +326,16 @@ def test_assignment_figure_explains_fine_coarse_and_dynamic_k_without_overlap() 
     texts = [a.text for a in fig.layout.annotations]
     assert not any("no aux map to show" in t for t in texts)  # no text drawn over the coarse cells
     assert any("no AUX head in this model (no aux map)" in t for t in texts)  # said in the panel's title instead
+
+
+def test_detect_and_export_default_to_the_checkpoint_training_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    image = tmp_path / "a.png"
+    Image.fromarray(np.full((64, 80, 3), 90, dtype=np.uint8)).save(image)
+    model = build_model(scale_width(get_spec("yolov7-tiny"), 0.125), 1, class_names=["cell"])
+    ckpt = save_checkpoint(tmp_path / "m.pt", model, train={"config": {"img": 96}})
+    assert main(["detect", str(image), "--weights", str(ckpt), "--out", str(tmp_path / "d"), "--device", "cpu"]) == 0
+    assert "input size 96 (the size the checkpoint was trained at" in capsys.readouterr().out
+    export_help = " ".join(_help(capsys, "export").split())
+    assert "default: the checkpoint's training size" in export_help and "--out" in export_help

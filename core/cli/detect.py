@@ -25,7 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
     p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
-    p.add_argument("--img", type=int, default=640, help="inference size, long side in pixels (default 640)")
+    p.add_argument(
+        "--img",
+        type=int,
+        default=None,
+        help="inference size, long side in pixels (default: the checkpoint's training size, else 640)",
+    )
     p.add_argument("--classes", type=int, nargs="+", default=None, help="keep only these class ids")
     p.add_argument("--agnostic", action="store_true", help="class-agnostic NMS")
     p.add_argument("--multi-label", action="store_true", help="one detection per class above --conf per box")
@@ -80,6 +85,11 @@ def run(args: argparse.Namespace) -> int:
         multi_label=args.multi_label,
         max_det=args.max_det,
     )
+    if args.img is None:
+        from core.cli.sizes import checkpoint_training_size, default_size
+
+        args.img, size_note = default_size(None, {"train": {"img": checkpoint_training_size(args.weights)}})
+        print(f"note: {size_note}")
     try:
         predictor = Predictor(
             args.weights,

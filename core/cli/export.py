@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--format", default="onnx", choices=["onnx", "openvino"], help="onnx (default) or openvino (IR .xml + .bin)"
     )
     p.add_argument("--out", default=None, help="output file (default: the checkpoint's name with .onnx / .xml)")
-    p.add_argument("--img", type=int, default=640, help="input size (square, default 640)")
+    p.add_argument(
+        "--img", type=int, default=None, help="input size (square; default: the checkpoint's training size, else 640)"
+    )
     p.add_argument("--batch", type=int, default=1, help="batch size of the fixed-shape export (default 1)")
     p.add_argument("--dynamic", action="store_true", help="free batch size, height and width")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
@@ -70,6 +72,11 @@ def run(args: argparse.Namespace) -> int:
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from core.cli.sizes import default_size
+
+    args.img, size_note = default_size(args.img, loaded.checkpoint)
+    if size_note:
+        print(f"note: {size_note}")
     nms = None
     if args.nms:
         nms = NmsConfig(
@@ -82,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         )
     suffix = ".xml" if args.format == "openvino" else ".onnx"
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(suffix)
+    if not args.out:
+        print(f"note: writing next to the checkpoint: {out.resolve()} (--out to choose)")
     print(f"loaded {loaded.summary()}")
     if args.int8 or args.format == "openvino":
         return _run_openvino_or_int8(args, loaded.model, out, nms)

@@ -30,3 +30,18 @@ def default_size(given: int | None, checkpoint: dict[str, Any] | None) -> tuple[
     if trained:
         return trained, f"input size {trained} (the size the checkpoint was trained at; --img to change it)"
     return FALLBACK_SIZE, f"input size {FALLBACK_SIZE} (the checkpoint records no training size; --img to change it)"
+
+
+def checkpoint_training_size(path: str) -> int | None:
+    """The training size recorded in the yolov7-studio checkpoint at ``path``; ``None`` for anything else (an
+    official ``.pt``, an exported model, an unreadable file: the command then reports its own error)."""
+    from pathlib import Path
+
+    if Path(path).suffix.lower() not in (".pt", ".pth"):
+        return None
+    try:
+        from core.checkpoint.io import read_checkpoint
+
+        return training_size(read_checkpoint(path))
+    except Exception:  # noqa: BLE001 - only a default is at stake; loading the model reports real problems
+        return None
