@@ -93,13 +93,15 @@ def test_every_problem_is_reported_with_file_and_reason(broken: Path) -> None:
     good = next(r for r in report.dataset.images if r.path.name == "good.jpg")
     np.testing.assert_allclose(good.boxes, [[24, 12, 40, 36], [54.4, 19.2, 64, 28.8]])
     assert report.left_out_images == 3  # corrupt, cut, orphan label
-    assert report.left_out_boxes == 6 and report.clipped_boxes == 1  # cut.jpg's box goes with its image
+    # the boxes of corrupt.jpg, cut.jpg and orphan.txt are left out with their images: used + left out = read
+    assert report.left_out_boxes == 8 and report.clipped_boxes == 1
+    assert report.input_boxes == report.used_boxes + report.left_out_boxes
     assert report.used_boxes == 2 + 1 + 1
     text = report_to_text(report)
-    assert "Will be used: 5 images, 4 boxes" in text and "Left out: 3 images, 6 boxes" in text
+    assert "Will be used: 5 images, 4 boxes" in text and "Left out: 3 images, 8 boxes" in text
     assert "orphan.txt" in text and "notes.md" in text
     as_json = report_to_dict(report)
-    assert as_json["summary"]["left_out_boxes"] == 6 and as_json["issue_counts"]["corrupt_image"] == 1
+    assert as_json["summary"]["left_out_boxes"] == 8 and as_json["issue_counts"]["corrupt_image"] == 1
 
 
 def test_exif_rotated_image_is_used_as_displayed(broken: Path) -> None:

@@ -182,12 +182,14 @@ def read_coco(path: Path, class_names: list[str] | None = None, progress: Progre
                         f"image file '{im['file_name']}' not found",
                         "dropped",
                         "image",
+                        boxes=len(anns_by_image.get(im.get("id"), [])),
                     )
                 )
                 continue
             probe = probe_image(image)
             if isinstance(probe, str):
-                issues.append(Issue(str(image), "unreadable_image", probe, "dropped", "image"))
+                n_anns = len(anns_by_image.get(im.get("id"), []))
+                issues.append(Issue(str(image), "unreadable_image", probe, "dropped", "image", boxes=n_anns))
                 continue
             used_paths.add(image.resolve())
             declared = (int(im.get("width") or 0), int(im.get("height") or 0))

@@ -282,7 +282,7 @@ def read_yolo(path: Path, class_names: list[str] | None = None, progress: Progre
             label_dirs.add(label.parent)
             probe = probe_image(image)
             if isinstance(probe, str):
-                issues.append(Issue(str(image), "unreadable_image", probe, "dropped", "image"))
+                issues.append(Issue(str(image), "unreadable_image", probe, "dropped", "image", boxes=_rows(label)))
                 used_labels.add(label)
                 continue
             if probe.orientation != 1:
@@ -320,9 +320,8 @@ def read_yolo(path: Path, class_names: list[str] | None = None, progress: Progre
         if folder.is_dir():
             for txt in sorted(folder.rglob("*.txt")):
                 if txt.resolve() not in used_labels and txt not in used_labels and txt.name not in _CLASS_FILES:
-                    issues.append(
-                        Issue(str(txt), "label_without_image", "no image for this label file", "dropped", "image")
-                    )
+                    message = "no image for this label file"
+                    issues.append(Issue(str(txt), "label_without_image", message, "dropped", "image", boxes=_rows(txt)))
     if names is None:
         top = max((int(r.classes.max()) for r in records if r.num_boxes), default=-1)
         names = [str(i) for i in range(top + 1)]
@@ -372,3 +371,11 @@ def format_label_rows(rec: ImageRecord) -> str:
             xc, yc, bw, bh = (x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h
             lines.append(f"{int(cls)} {xc:.6f} {yc:.6f} {bw:.6f} {bh:.6f}")
     return "".join(line + "\n" for line in lines)
+
+
+def _rows(label: Path) -> int:
+    """Label rows (boxes) in a label file that goes unused with its image; 0 when it cannot be read."""
+    try:
+        return sum(1 for line in label.read_text(errors="replace").splitlines() if line.strip())
+    except OSError:
+        return 0
