@@ -339,3 +339,17 @@ def test_detect_and_export_default_to_the_checkpoint_training_size(
     assert "input size 96 (the size the checkpoint was trained at" in capsys.readouterr().out
     export_help = " ".join(_help(capsys, "export").split())
     assert "default: the checkpoint's training size" in export_help and "--out" in export_help
+
+
+def test_problems_in_a_zip_are_named_inside_the_zip(voc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zipfile
+
+    monkeypatch.setenv("YOLOV7_STUDIO_CACHE", str(tmp_path / "cache"))
+    archive = tmp_path / "cells.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(voc.rglob("*")):
+            if f.is_file():
+                zf.write(f, f"ds/{f.relative_to(voc).as_posix()}")
+    text = report_to_text(check_dataset(load_dataset(archive)))
+    assert "cells.zip:ds/annotations/im1.xml: object 1 (cell): <xmax> missing" in text
+    assert str(tmp_path / "cache") not in text

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
 
 from core.data.check import ISSUE_KINDS, CheckReport
 from core.data.stats import DatasetStats
@@ -39,14 +41,35 @@ def report_to_dict(report: CheckReport, max_issues: int | None = None) -> dict[s
     }
 
 
-def _issue_line(issue: Issue) -> str:
+def _issue_line(issue: Issue, shown: Callable[[str], str] = str) -> str:
     count = f" (x{issue.count})" if issue.count != 1 else ""
-    return f"    {issue.file}: {issue.message} -> {issue.action}{count}"
+    return f"    {shown(issue.file)}: {issue.message} -> {issue.action}{count}"
+
+
+def zip_names(report: CheckReport) -> Callable[[str], str]:
+    """Path -> how to show it: ``data.zip:images/a.jpg`` for a file extracted from an archive (the user knows the
+    names inside the zip, not the extraction cache), else the path as is."""
+    ds = report.dataset
+    source = Path(str(ds.source or ""))
+    if source.suffix.lower() != ".zip":
+        return str
+    base = next((p for p in (ds.root, *ds.root.parents) if (p / ".yolov7-studio-extracted").exists()), None)
+    if base is None:
+        return str
+
+    def shown(path: str) -> str:
+        try:
+            return f"{source.name}:{Path(path).relative_to(base).as_posix()}"
+        except ValueError:
+            return path
+
+    return shown
 
 
 def report_to_text(report: CheckReport, max_per_kind: int = 10) -> str:
     """Human-readable report: summary, problems by kind (file and reason), statistics, anchor fit."""
     ds, st = report.dataset, report.stats
+    shown = zip_names(report)
     lines = [
         f"Dataset {ds.source or ds.root} ({ds.format.upper()}), {ds.num_classes} classes: "
         + (", ".join(ds.class_names) if ds.class_names else "none (no labelled box)"),
@@ -74,7 +97,7 @@ def report_to_text(report: CheckReport, max_per_kind: int = 10) -> str:
         for kind, items in sorted(by_kind.items(), key=lambda kv: (_severity(kv[1]), kv[0])):
             total = sum(i.count for i in items)
             lines.append(f"  {kind}: {total} - {ISSUE_KINDS.get(kind, '')}")
-            lines.extend(_issue_line(i) for i in items[:max_per_kind])
+            lines.extend(_issue_line(i, shown) for i in items[:max_per_kind])
             if len(items) > max_per_kind:
                 lines.append(f"    ... {len(items) - max_per_kind} more (see --json)")
     lines += ["", "Statistics:", f"  images: {st.num_images}, boxes: {st.num_boxes}"]
