@@ -284,8 +284,9 @@ def test_every_file_a_reader_may_open_is_replaced_atomically(demo: Path, tmp_pat
 
 # -- train --config -------------------------------------------------------------------------------------------------
 def test_train_config_file_launches_exactly_that_configuration(demo: Path, tmp_path: Path, capsys) -> None:
+    # a run's config.json holds the recipe it resolved to ("auto" is resolved at launch, see test_new_user.py)
     stored = _cfg(demo, tmp_path / "old_run", epochs=3, eval_iou=0.6, eval_conf=0.02, val_split="test",
-                  hyp_overrides={"lr0": 0.005}, freeze=(0,), name="job 7", ema=False)  # fmt: skip
+                  hyp_overrides={"lr0": 0.005}, freeze=(0,), name="job 7", ema=False, recipe="official")  # fmt: skip
     config_json = tmp_path / "config.json"
     stored.write(config_json, {"hyp": {"lr0": 0.005}, "world_size": 1})  # a run directory's config.json
     out = tmp_path / "new_run"
