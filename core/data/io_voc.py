@@ -236,8 +236,12 @@ def read_voc(path: Path, class_names: list[str] | None = None, progress: Progres
     """
     layout = find_voc_layout(path)
     if layout is None:
+        from core.data.layouts import annotation_findings  # imports this module
+
+        found = "; ".join(annotation_findings(Path(path))[:8]) if Path(path).is_dir() else ""
         raise FileNotFoundError(
-            f"{path}: no Annotations/ folder and no folder of VOC .xml files found (not Pascal VOC)"
+            f"{path}: not Pascal VOC: no folder (of any name) of .xml files with an <annotation> root, here or up to "
+            f"3 levels down. Found: {found or 'no annotation-like files'}"
         )
     report = Progress(progress)
     root, ann_dir, image_dir = layout.root, layout.annotations, layout.images
