@@ -107,12 +107,18 @@ class Workspace:
         return DatasetEntry("demo", "demo (built-in shapes)", yaml_path, "demo")
 
     def _seed_demo_run(self) -> None:
-        """Copy the shipped record of the demo checkpoint's training into runs/demo (once; never overwritten)."""
-        dest = self.runs_dir / "demo"
-        if DEMO_RUN.is_dir() and not dest.exists():
+        """Copy the shipped record of the demo checkpoint's training into runs/demo, once per workspace.
+
+        Never overwritten, and not brought back once a user deleted it (``.demo_run_seeded`` records the copy).
+        """
+        dest, marker = self.runs_dir / "demo", self.root / ".demo_run_seeded"
+        if marker.exists() or not DEMO_RUN.is_dir():
+            return
+        if not dest.exists():
             tmp = Path(tempfile.mkdtemp(prefix=".demo_run.", dir=self.runs_dir))
             shutil.copytree(DEMO_RUN, tmp, dirs_exist_ok=True)
             os.replace(tmp, dest)
+        marker.touch()
 
     # -- datasets -------------------------------------------------------------------------------------------------
     def _linked(self) -> dict[str, str]:

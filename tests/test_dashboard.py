@@ -43,6 +43,7 @@ def ws(tmp_path: Path, demo_copy: Path, monkeypatch: pytest.MonkeyPatch) -> Work
     root = tmp_path / "ws"
     (root / "datasets").mkdir(parents=True)
     shutil.copytree(demo_copy, root / "datasets" / "demo")
+    (root / ".demo_run_seeded").touch()  # these tests count runs: no copy of the shipped demo run
     monkeypatch.setenv("YOLOV7_DASHBOARD_WORKSPACE", str(root))
     monkeypatch.delenv("YOLOV7_DASHBOARD_RUNS", raising=False)
     return Workspace(root)

@@ -6,6 +6,7 @@ detection on an example draws boxes, the Assignments tab draws its figure. Scree
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -72,6 +73,60 @@ def open_tab(page, name: str) -> None:
 
 def test_page_loads_with_every_tab(page):
     names = [t.inner_text().strip() for t in page.get_by_role("tab").all()]
-    assert names == ["Detect", "Assignments", "Data", "Fine-tune", "Compare"]
+    assert names == ["Detect", "Assignments", "Data", "Annotate", "Review", "Fine-tune", "Compare"]
     assert "yolov7-studio" in page.title()
     shot(page, "studio_home")
+
+
+def test_detect_on_an_example_draws_boxes(page):
+    open_tab(page, "Detect")
+    panel = page.locator("[role=tabpanel]:visible").first
+    panel.get_by_text("demo test images").wait_for(timeout=30_000)
+    examples = panel.locator(".gallery-item, button.gallery")
+    assert examples.count() >= 2
+    examples.nth(1).click()  # a demo test image with several shapes
+    panel.get_by_role("button", name="Detect", exact=True).click()
+    # one table row per detection, each naming a demo class, and the summary with the latency and the backend
+    row = panel.locator("table tbody tr:visible", has_text=re.compile("circle|square|triangle|cross"))
+    row.first.wait_for(timeout=120_000)
+    assert row.count() >= 2
+    assert panel.get_by_text(re.compile(r"\d+(\.\d+)? ms")).count() >= 1
+    assert panel.locator("img").count() >= 1
+    shot(page, "studio_detect")
+
+
+def test_assignments_tab_draws_the_figure_and_the_box_table(page):
+    open_tab(page, "Assignments")
+    panel = page.locator("[role=tabpanel]:visible").first
+    panel.get_by_role("button", name="Explore assignment").click()
+    panel.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
+    assert panel.locator(".js-plotly-plot .heatmaplayer, .js-plotly-plot .hm").count() >= 1  # objectness maps
+    assert panel.locator("table tbody tr:visible").count() >= 1  # one row per ground-truth box
+    shot(page, "studio_assign")
+
+
+@pytest.mark.parametrize(
+    ("tab", "component"),
+    [
+        ("Data", "Check"),
+        ("Annotate", "Save"),
+        ("Review", "Build the queue"),
+        ("Fine-tune", "Start training"),
+        ("Compare", "Compare"),
+    ],
+)
+def test_each_tab_renders_its_main_component(page, tab, component):
+    open_tab(page, tab)
+    panel = page.locator("[role=tabpanel]:visible").first
+    button = panel.get_by_role("button", name=component, exact=True)
+    button.first.wait_for(timeout=30_000)
+    assert button.first.is_visible()
+    shot(page, f"studio_{tab.lower().replace('-', '')}")
+
+
+def test_data_tab_checks_the_demo_dataset(page):
+    open_tab(page, "Data")
+    panel = page.locator("[role=tabpanel]:visible").first
+    panel.get_by_role("button", name="Check", exact=True).click()
+    panel.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
+    shot(page, "studio_data")
