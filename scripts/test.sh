@@ -24,4 +24,15 @@ echo "== installing yolov7-studio[dev] into .venv =="
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]" 2> >(grep -v "is ignored: it is neither" >&2)
 
 echo "== running the test suite =="
-exec .venv/bin/python -m pytest "$@"
+# FiftyOne (with its MongoDB service) runs in a pytest process of its own: in one long process with every other
+# native runtime of the suite loaded (torch, ONNX Runtime, OpenVINO, Chromium drivers) it once crashed with SIGSEGV.
+status=0
+.venv/bin/python -m pytest --ignore=tests/test_fiftyone.py "$@" || status=$?
+fo_status=0
+.venv/bin/python -m pytest tests/test_fiftyone.py "$@" || fo_status=$?
+# exit 5 = no test collected (e.g. a -k that matches nothing in one of the two runs) is not a failure here
+for s in "$status" "$fo_status"; do
+  if [ "$s" != 0 ] && [ "$s" != 5 ]; then exit "$s"; fi
+done
+if [ "$status" = 5 ] && [ "$fo_status" = 5 ]; then exit 5; fi
+exit 0
