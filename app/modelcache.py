@@ -63,6 +63,16 @@ class ModelCache:
         return len(self._items)
 
 
+def checkpoint_img_size(checkpoint: dict[str, Any] | None, default: int = 640) -> int:
+    """The training image size a checkpoint stores (``train.img`` or ``train.config.img``), else ``default``."""
+    train = (checkpoint or {}).get("train")
+    if isinstance(train, dict):
+        for source in (train, train.get("config")):
+            if isinstance(source, dict) and isinstance(source.get("img"), (int, float)) and source["img"] > 0:
+                return int(source["img"])
+    return default
+
+
 def load_checkpoint_model(cache: ModelCache, path: str | Path) -> Any:
     """The :class:`core.checkpoint.io.LoadedModel` of ``path`` (training form, eval mode), cached.
 

@@ -257,3 +257,12 @@ def test_assign_endpoint_of_a_launched_studio(tmp_path: Path) -> None:
         assert len(table2["data"]) == 3 and "train_1" in summary2
     finally:
         demo.close()
+
+
+def test_the_demo_checkpoint_is_explored_at_its_training_size(tmp_path: Path) -> None:
+    from app.workspace import DEMO_CHECKPOINT
+
+    ws = Workspace(tmp_path / "ws")
+    info = svc.load_model(ws, ModelCache(), "demo")
+    assert info.path == DEMO_CHECKPOINT
+    assert info.img_size == 256  # the stripped checkpoint keeps its training config (img 256), not the 640 fallback

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 import core.explore as explore_api
-from app.modelcache import ModelCache, file_key, load_checkpoint_model
+from app.modelcache import ModelCache, checkpoint_img_size, file_key, load_checkpoint_model
 from app.workspace import Workspace, WorkspaceError
 from core.explore import (
     STATS_FIGURES,
@@ -101,8 +101,7 @@ def load_model(ws: Workspace, cache: ModelCache, checkpoint: str | None) -> Mode
     model = loaded.model
     if getattr(model, "deploy", False) or not hasattr(model.head, "anchors"):
         raise AssignError(f"{entry.path.name}: a deploy (fused) model; the explorer needs a training checkpoint")
-    train = loaded.checkpoint.get("train") if isinstance(loaded.checkpoint, dict) else None
-    img = int(train.get("img", DEFAULT_IMG_SIZE)) if isinstance(train, dict) else DEFAULT_IMG_SIZE
+    img = checkpoint_img_size(loaded.checkpoint if isinstance(loaded.checkpoint, dict) else None, DEFAULT_IMG_SIZE)
     stride = int(max(model.head.strides))
     img = max(stride, img // stride * stride)
     names = list(getattr(model, "names", [str(i) for i in range(int(model.head.nc))]))

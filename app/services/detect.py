@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from app.modelcache import ModelCache, file_key, load_checkpoint_model
+from app.modelcache import checkpoint_img_size as _stored_img_size
 from app.workspace import CheckpointEntry, Workspace
 from core.inference import Detections, ImageReadError, InputImage, Predictor, draw_detections, read_image
 
@@ -66,12 +67,7 @@ class DetectOutput:
 # -- checkpoints -------------------------------------------------------------------------------------------------
 def checkpoint_img_size(checkpoint: dict[str, Any] | None) -> int:
     """The training image size a checkpoint stores (``train.img`` or ``train.config.img``), else 640."""
-    train = (checkpoint or {}).get("train")
-    if isinstance(train, dict):
-        for source in (train, train.get("config")):
-            if isinstance(source, dict) and isinstance(source.get("img"), (int, float)) and source["img"] > 0:
-                return int(source["img"])
-    return DEFAULT_IMG_SIZE
+    return _stored_img_size(checkpoint, DEFAULT_IMG_SIZE)
 
 
 def resolve_checkpoint(ws: Workspace, cache: ModelCache, ident: str | None) -> tuple[CheckpointEntry, Any, int]:
