@@ -13,7 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ENDPOINTS = ("/detect", "/assign", "/check_data", "/start_training", "/training_status", "/stop_training", "/compare")
+ENDPOINTS = (
+    "/detect", "/assign", "/check_data", "/start_training", "/training_status", "/stop_training", "/compare",
+    "/annotation_load", "/annotation_save", "/prelabel", "/review_queue",
+)  # fmt: skip
 
 
 def free_port() -> int:
