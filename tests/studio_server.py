@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,6 +14,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's Chromium (never a downloaded browser)
+CHROMIUM_ARGS = [  # headless as root on a machine without network (see ../shared/notes/ENVIRONMENT.md)
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SHOTS = Path(os.environ.get("STUDIO_SCREENSHOTS", REPO / "runs" / "screenshots"))
 ENDPOINTS = (
     "/detect", "/assign", "/check_data", "/start_training", "/training_status", "/stop_training", "/compare",
     "/annotation_load", "/annotation_save", "/prelabel", "/review_queue",

@@ -5,25 +5,12 @@ detection on an example draws boxes, the Assignments tab draws its figure. Scree
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.studio_server import REPO, studio_process
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-SHOTS = Path(os.environ.get("STUDIO_SCREENSHOTS", REPO / "runs" / "screenshots"))
+from tests.studio_server import CHROMIUM, CHROMIUM_ARGS, SHOTS, studio_process
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -41,7 +28,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
 
