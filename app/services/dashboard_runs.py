@@ -30,6 +30,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from app.jobs import tail as job_log_tail
 from core.train import RunDir
 
 SIGNATURE_FILES = ("status.json", "results.csv", "config.json", "job.json", "metrics.json")
@@ -305,15 +306,8 @@ class RunDetail:
 
 
 def tail(path: Path, lines: int = 40, max_bytes: int = 64_000) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
+    """The last ``lines`` lines of a run's log ('' if it does not exist): the job runner's reader."""
+    return job_log_tail(path, lines, max_bytes)
 
 
 def run_detail(folder: str | Path, log_lines: int = 40) -> RunDetail:

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from core.data import label_path_for
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 _YAML_NAMES = ("data.yaml", "data.yml", "dataset.yaml")
 _BOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
@@ -48,14 +50,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def yolo_label_path(image: Path) -> Path:
-    """The official rule: the last ``images`` folder becomes ``labels``, the suffix ``.txt``."""
-    parts = list(image.parts)
-    for i in range(len(parts) - 2, -1, -1):
-        if parts[i] == "images":
-            parts[i] = "labels"
-            return Path(*parts).with_suffix(".txt")
-    return image.with_suffix(".txt")
+yolo_label_path = label_path_for  # the official images/ -> labels/ rule, as the YOLO reader applies it
 
 
 def write_data_yaml(path: Path, names: list[str], splits: tuple[str, ...]) -> None:

@@ -24,6 +24,7 @@ from core.data.figures import FIGURES as DATASET_FIGURES
 from core.data.figures import save_figures
 from core.data.hyp import HYP_PRESETS, Hyp, default_hyp_for, get_hyp
 from core.data.io_coco import coco_category_id, coco_image_id, to_coco_api, to_coco_dict
+from core.data.io_yolo import label_path_for
 from core.data.letterbox import letterbox
 from core.data.load import detect_format, load_dataset
 from core.data.loader import Batch, DetectionLoader, create_train_loader, create_val_loader, multi_scale_resize
@@ -36,6 +37,7 @@ from core.data.stats import compute_stats
 from core.data.types import DetectionDataset, ImageRecord, Issue, SplitInfo
 
 __all__ = [
+    "label_path_for",
     "DATASET_FIGURES",
     "Batch",
     "CheckReport",
