@@ -6,11 +6,12 @@
 """
 
 from core.assign.candidates import COARSE_OFFSET, FINE_OFFSET, find_candidates
-from core.assign.explorer import AssignmentView, BoxView, CellView, LevelView, SetView, explain_assignment
+from core.assign.explorer import AUX_SETS, AssignmentView, BoxView, CellView, LevelView, SetView, explain_assignment
 from core.assign.simota import DEFAULT_CHUNK_ELEMENTS, assign
 from core.assign.types import Assignment, ImageMatrices, LevelCells
 
 __all__ = [
+    "AUX_SETS",
     "COARSE_OFFSET",
     "DEFAULT_CHUNK_ELEMENTS",
     "FINE_OFFSET",

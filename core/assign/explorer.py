@@ -18,7 +18,9 @@ from torch import Tensor
 from core.assign.simota import assign
 from core.assign.types import Assignment
 
-__all__ = ["CellView", "LevelView", "SetView", "BoxView", "AssignmentView", "explain_assignment"]
+__all__ = ["AUX_SETS", "CellView", "LevelView", "SetView", "BoxView", "AssignmentView", "explain_assignment"]
+
+AUX_SETS = ("coarse", "lead-fine", "aux-fine")
 
 
 @dataclass
@@ -55,7 +57,8 @@ class LevelView:
 
 @dataclass
 class SetView:
-    """One label set (``fine`` = lead head, ``coarse`` = aux head) of one box."""
+    """One label set of one box. ``kind``: ``fine`` (lead head; also the aux head under the ``independent`` and
+    ``lead-guided`` strategies, stored in ``BoxView.coarse``) or ``coarse`` (aux head, the official strategy)."""
 
     kind: str
     dynamic_k: int
@@ -110,6 +113,7 @@ def explain_assignment(
     aux: bool = False,
     topk: int | None = None,
     anchor_t: float = 4.0,
+    aux_set: str = "coarse",
 ) -> AssignmentView:
     """Run the assignment on a batch and describe it per box and level.
 
@@ -118,26 +122,42 @@ def explain_assignment(
             read. Aux levels may follow; they never influence assignment.
         targets: ``[N, 6]`` (image, class, x, y, w, h) normalized to the square input.
         anchors: ``[nl, na, 2]`` grid units; strides: ``[nl]``; img_size: input size in pixels.
-        aux: also compute the coarse (aux head) set.
+        aux: also compute the aux head's set (the view's ``coarse`` entries).
         topk: IoUs summed for dynamic k (default 20 with aux, else 10).
         anchor_t: anchor filter threshold.
+        aux_set: which set the aux head gets (``core.loss`` strategies): ``"coarse"`` (coarse set from the lead
+            levels, the official one), ``"lead-fine"`` (the lead's fine set itself) or ``"aux-fine"`` (fine set
+            from the aux levels ``predictions[nl:2 nl]``, which must then be given).
     """
+    if aux_set not in AUX_SETS:
+        raise ValueError(f"unknown aux_set {aux_set!r}; choose one of: {', '.join(AUX_SETS)}")
     nl = len(strides)
     lead = list(predictions[:nl])
     topk = topk if topk is not None else (20 if aux else 10)
 
-    def run(coarse: bool) -> Assignment:
-        return assign(lead, targets, anchors, strides, img_size, coarse=coarse, topk=topk, anchor_t=anchor_t,
+    def run(levels: Sequence[Tensor], coarse: bool) -> Assignment:
+        return assign(levels, targets, anchors, strides, img_size, coarse=coarse, topk=topk, anchor_t=anchor_t,
                       keep_matrices=True)  # fmt: skip
 
-    fine = run(False)
-    coarse = run(True) if aux else None
+    fine = run(lead, False)
+    coarse: Assignment | None = None
+    if aux and aux_set == "lead-fine":
+        coarse = fine
+    elif aux and aux_set == "aux-fine":
+        aux_levels = list(predictions[nl : 2 * nl])
+        if len(aux_levels) != nl:
+            raise ValueError(f"aux_set 'aux-fine' needs {nl} aux levels after the {nl} lead levels")
+        coarse = run(aux_levels, False)
+    elif aux:
+        coarse = run(lead, True)
     grids = [(int(p.shape[2]), int(p.shape[3])) for p in lead]
     stride_list = [float(s) for s in strides]
     t = targets.detach().float().cpu()
     boxes = []
     fine_sets = _set_views("fine", fine, len(t), stride_list, grids)
-    coarse_sets = _set_views("coarse", coarse, len(t), stride_list, grids) if coarse is not None else None
+    coarse_sets = None
+    if coarse is not None:
+        coarse_sets = _set_views("coarse" if coarse.coarse else "fine", coarse, len(t), stride_list, grids)
     for g in range(len(t)):
         x, y, w, h = (float(v) for v in t[g, 2:6])
         s = float(img_size)
