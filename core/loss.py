@@ -31,8 +31,9 @@ object centre; the official code has none, FACTS.md 1c "Surprises" 2). We use
 
 * Chebyshev distance matches the step-1 rules, which pick neighbours axis by axis: every cell of the fine set (the
   centre cell, and the neighbour whose side the centre lies within half a cell of) has ``d <= 1``, and every cell
-  that the coarse set adds (the far neighbours) has ``d >= 1``. So the ceiling is exactly 1 on the fine set and
-  only bites on what "coarse" adds (and on cells won from another box's candidates).
+  that the coarse set adds (the far neighbours) has ``d >= 1``. So the ceiling is exactly 1 on each box's own
+  fine cells and bites only on the far neighbours that "coarse" adds, and on cells a box wins from another box's
+  candidates in SimOTA's shared pool (those can lie several cells away, and get a low ceiling).
 * ``d <= 1`` is also the reach of the bounded xy decoder (``2 * sigmoid - 0.5`` puts a predicted centre less than
   one cell from its cell's centre on each axis): inside it a cell can centre its box on the object, outside it
   cannot, and the ceiling says so explicitly instead of leaving it to the CIoU.
