@@ -27,6 +27,7 @@ _COMMANDS: list[str] = [
     "train",
     "assign",
     "strip",
+    "study",
 ]
 
 
