@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from app.services import fiftyone_launch as fol
 from app.services import study_view as sv
 from app.workspace import Workspace
 from core.train import RunDir
+from tests.test_dashboard import app_test, charts, frame, texts
+from tests.test_dashboard import demo_copy as _demo_copy
 
 CONDITIONS = ["none", "independent", "lead-guided", "coarse-to-fine"]
 # AP/AP50 mean and std (fractions) per condition; the paper's numbers for three of them
@@ -229,3 +232,58 @@ def test_open_study_endpoint_and_fiftyone_not_installed(tmp_path: Path, monkeypa
             client.predict(["demo"], "demo", "test", api_name="/open_in_fiftyone")
     finally:
         demo.close()
+
+
+# -- the dashboard (AppTest) -----------------------------------------------------------------------------------------
+demo_copy = _demo_copy  # the dashboard tests' fixture (the demo dataset, generated once per module)
+
+
+@pytest.fixture
+def dash_ws(tmp_path: Path, demo_copy: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    root = tmp_path / "ws"
+    (root / "datasets").mkdir(parents=True)
+    shutil.copytree(demo_copy, root / "datasets" / "demo")
+    (root / ".demo_run_seeded").touch()
+    monkeypatch.setenv("YOLOV7_DASHBOARD_WORKSPACE", str(root))
+    monkeypatch.delenv("YOLOV7_DASHBOARD_RUNS", raising=False)
+    return Workspace(root)
+
+
+def test_dashboard_compare_page_opens_studies(dash_ws: Workspace, tmp_path: Path) -> None:
+    write_assignment_study(dash_ws.root / "studies" / "abl", live="lead-guided_s0")
+    write_scaling_study(dash_ws.runs_dir / "scale")
+    at = app_test("compare")
+    assert "No run has finished an epoch yet" in texts(at)  # the runs tab has nothing; the studies tab does
+    pick = at.selectbox(key="study_pick")
+    assert sorted(pick.options) == ["runs/scale (scaling)", "studies/abl (assignment)"]
+    pick.select("studies/abl").run()
+    assert not at.exception, [e.value for e in at.exception]
+    fig = json.loads(charts(at)[0].proto.spec)
+    bars = [t for t in fig["data"] if t["type"] == "bar"]
+    assert bars[0]["x"] == CONDITIONS and bars[0]["error_y"]["array"] == pytest.approx([1.0, 1.2, 0.5, 2.0])
+    assert frame(at, "paper AP").set_index("condition").loc["coarse-to-fine", "AP (%)"] == "26.0 ± 2.0"
+    runs = frame(at, "status").set_index("run")
+    assert runs.loc["lead-guided_s0", "status"] == "running" and runs.loc["none_s0", "status"] == "finished"
+    assert len(at.get("image")) == 1  # the objectness figure
+    # the run finishes: the page shows it without a restart (cache keyed on the files' mtimes)
+    RunDir(dash_ws.root / "studies" / "abl" / "runs" / "lead-guided_s0").write_status("finished", epoch=5, epochs=5)
+    at.button(key="study_refresh").click().run()
+    assert frame(at, "status").set_index("run").loc["lead-guided_s0", "status"] == "finished"
+    # a scaling study; then a bad path typed by hand is a warning naming it
+    at.selectbox(key="study_pick").select("runs/scale").run()
+    assert frame(at, "GFLOPs")["variant"].tolist() == ["base", "width-only", "depth-only", "compound"]
+    missing = dash_ws.root / "studies" / "missing"
+    at.text_input(key="study_path").input(str(missing)).run()
+    assert f"{missing}: no such folder" in texts(at)
+    at.text_input(key="study_path").input(str(tmp_path)).run()
+    assert f"{tmp_path}: outside the folders" in texts(at)
+
+
+def test_dashboard_fiftyone_tab_without_the_extra(dash_ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "fiftyone" else real_find_spec(name, *a)
+    )
+    at = app_test("compare")
+    assert "pip install -e .[fiftyone]" in texts(at)
+    assert not [b for b in at.button if b.key == "fo_open"]

@@ -185,7 +185,7 @@ def resolve(ws: Workspace, ident: str | Path | None) -> Path:
         p = p.parent
     if not any(_within(p, r) for r in ws.allowed_roots):
         roots = ", ".join(str(r) for r in ws.allowed_roots)
-        raise StudyError(f"{text}: outside the folders the studio may read ({roots})")
+        raise StudyError(f"{text}: outside the folders the studio and dashboard may read ({roots})")
     if not p.exists():
         raise StudyError(f"{text}: no such folder")
     if not p.is_dir():
