@@ -11,7 +11,7 @@ from PIL import Image
 
 from core.checkpoint.io import load_model
 from core.data import make_demo_dataset
-from core.explore import convergence_figure, explore_image, load_snapshots
+from core.explore import convergence_figure, explore_image, load_snapshots, training_hooks
 from core.explore.training import snapshot_figure
 from core.train import TrainConfig, Trainer
 
@@ -23,7 +23,7 @@ def run(tmp_path_factory):
     cfg = TrainConfig(data=str(demo), model="yolov7-tiny", width=0.125, aux=True, out=str(out), epochs=2, img=64,
                       batch=4, workers=0, nbs=4, progress=False, seed=3, plots="all", objectness_every=2,
                       eval_conf=0.01)  # fmt: skip
-    assert Trainer(cfg, log=lambda _m: None).fit()["state"] == "finished"
+    assert Trainer(cfg, hooks=training_hooks(cfg), log=lambda _m: None).fit()["state"] == "finished"
     return out
 
 

@@ -3,10 +3,14 @@
 A yolov7-studio checkpoint is a dict of plain data, readable with ``torch.load(weights_only=True)``::
 
     {"format": "yolov7-studio", "format_version": 1,
-     "model": {"name", "num_classes", "class_names", "deploy", "fused", "aux", "anchors" (pixels), "strides",
-               "spec" (full architecture, for derived variants)},
+     "model": {"name", "num_classes", "class_names", "deploy", "fused", "aux", "aux_wiring", "anchors" (pixels),
+               "strides", "spec" (full architecture, for derived variants)},
      "state_dict": {...}, "ema": {...} | None, "train": {...} | None, "optimizer": {...} | None,
      "extra": {...}, "meta": {"version", "torch", "created"}}
+
+``aux_wiring`` (``"top-down"`` or ``"partial"``, see :mod:`core.models.builder`) is absent in files written before
+it existed: they are read as ``"top-down"``. ``train`` (written by the trainer) holds the run's ``config``, which
+names the assignment strategy (``config["assign"]``, ``config["assign_bound"]``) and the wiring.
 
 Every file is inspected before any torch loading call (:mod:`core.checkpoint.safety`): TorchScript archives
 and anything else that is not a plain pickle checkpoint are refused, and loading reads the inspected bytes.
@@ -83,6 +87,7 @@ def model_record(model: Yolo) -> dict[str, Any]:
         "deploy": model.deploy,
         "fused": _is_fused(model),
         "aux": model.aux,
+        "aux_wiring": getattr(model, "aux_wiring", "top-down"),
         "anchors": head.anchor_grid.view(head.nl, head.na, 2).tolist(),
         "strides": list(head.strides),
         "spec": spec_to_dict(model.spec),
@@ -172,6 +177,7 @@ def build_from_record(rec: dict[str, Any]) -> Yolo:
         aux=bool(rec["aux"]),
         class_names=rec.get("class_names"),
         anchors=torch.tensor(rec["anchors"]),
+        aux_wiring=str(rec.get("aux_wiring") or "top-down"),
     )
     if rec.get("fused"):
         fuse_blocks(model)
@@ -202,6 +208,7 @@ def load_model(
     class_names: list[str] | None = None,
     use_ema: bool = True,
     aux: bool | None = None,
+    aux_wiring: str | None = None,
     map_location: str | torch.device = "cpu",
 ) -> LoadedModel:
     """Load our checkpoints and official ``.pt`` files (train.py, stripped, deploy) into a :class:`Yolo`.
@@ -209,8 +216,10 @@ def load_model(
     With ``num_classes``/``class_names`` differing from the checkpoint's (fine-tuning), the class-dependent
     head tensors are re-initialised as described in :mod:`core.checkpoint.transfer`, and the returned
     ``transfer`` report says exactly what was skipped or re-initialised. ``aux`` adds or drops the auxiliary
-    head (its weights are kept when present). Nothing foreign is imported or executed: the file is inspected
-    first and TorchScript archives (or anything else that is not a plain pickle checkpoint) are refused.
+    head (its weights are kept when present); ``aux_wiring`` rewires it (default: the checkpoint's, ``"top-down"``
+    for official files and older checkpoints; the aux convs whose shape changes are re-initialised). Nothing
+    foreign is imported or executed: the file is inspected first and TorchScript archives (or anything else that
+    is not a plain pickle checkpoint) are refused.
     An official ``fuse()``d model (implicit terms already in the head) loads as the fused deploy form.
     """
     path = Path(path)
@@ -219,7 +228,7 @@ def load_model(
         ckpt = read_checkpoint(path, data)
     except CheckpointError as first:
         try:
-            return _load_official(path, data, num_classes, class_names, aux, map_location)
+            return _load_official(path, data, num_classes, class_names, aux, map_location, aux_wiring)
         except UnsafeCheckpointError as exc:
             raise CheckpointError(f"{path}: refused: {exc}") from None
         except (
@@ -239,7 +248,14 @@ def load_model(
     report = None
     want_nc = num_classes if num_classes is not None else (len(class_names) if class_names else source.nc)
     want_aux = source.aux if aux is None else aux
-    if want_nc == source.nc and want_aux == source.aux and (class_names is None or class_names == source.names):
+    want_wiring = source.aux_wiring if aux_wiring is None else aux_wiring
+    same_wiring = not want_aux or want_wiring == source.aux_wiring
+    if (
+        want_nc == source.nc
+        and want_aux == source.aux
+        and same_wiring
+        and (class_names is None or class_names == source.names)
+    ):
         source.load_state_dict(sd, strict=True)
         model = source
     else:
@@ -250,6 +266,7 @@ def load_model(
             aux=want_aux,
             class_names=class_names,
             anchors=source.head.anchor_grid.view(source.head.nl, source.head.na, 2),
+            aux_wiring=want_wiring,
         )
         if rec.get("fused"):
             fuse_blocks(model)
@@ -285,6 +302,7 @@ def _load_official(
     class_names: list[str] | None,
     aux: bool | None,
     map_location: str | torch.device,
+    aux_wiring: str | None = None,
 ) -> LoadedModel:
     off = load_official(path, data)
     prefer = "yolov7-tiny-silu" if off.activation == "silu" else None
@@ -299,12 +317,20 @@ def _load_official(
         fuse_blocks(source)
     want_nc = num_classes if num_classes is not None else (len(class_names) if class_names else variant.num_classes)
     want_aux = variant.aux if aux is None else aux
+    wiring = aux_wiring or "top-down"  # official files have the top-down wiring (or no aux head)
     report = None
-    if want_nc == variant.num_classes and want_aux == variant.aux and (class_names is None or class_names == names):
+    if (
+        want_nc == variant.num_classes
+        and want_aux == variant.aux
+        and (wiring == "top-down" or not want_aux)
+        and (class_names is None or class_names == names)
+    ):
         source.load_state_dict(state_dict, strict=True)
         model = source
     else:
-        model = build_model(variant.name, want_nc, deploy=variant.deploy, aux=want_aux, class_names=class_names)
+        model = build_model(
+            variant.name, want_nc, deploy=variant.deploy, aux=want_aux, class_names=class_names, aux_wiring=wiring
+        )
         if variant.fused:
             fuse_blocks(model)
         report = transfer_weights(model, state_dict, source_names=names)

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from core.data.demo import ensure_demo_dataset
     from core.device import cpu_has_native_bf16, select_device
     from core.eval import evaluate
-    from core.explore import explore_image, save_exploration
+    from core.explore import explore_image, save_exploration, training_hooks
     from core.inference import Predictor, convert_for_deploy, draw_detections, read_image
     from core.train import RunDir, TrainConfig, Trainer
 
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             eval_interval=5,
         )
         resume = run_dir.root if run_dir.last.exists() else None
-        Trainer(cfg, resume=resume, log=print).fit()
+        Trainer(cfg, hooks=training_hooks(cfg), resume=resume, log=print).fit()
     print(f"run directory: {run_dir.root} (results.csv, plots/, objectness/, weights/)")
 
     _section("3. evaluation of best.pt on the test split (pycocotools)")

@@ -33,6 +33,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="start from this checkpoint (ours or an official .pt)")
     p.add_argument("--width", type=float, help="channel-width multiple (official width_multiple)")
     p.add_argument("--aux", action=_BOOL, help="auxiliary head (default: as the official config; --aux adds it to P5)")
+    p.add_argument(
+        "--assign",
+        choices=_strategies(),
+        help="label assignment of the auxiliary head: independent = from its own predictions (plain deep "
+        "supervision); lead-guided = the lead head's fine set; coarse-to-fine = a coarse set from the lead's "
+        "predictions (official); coarse-to-fine-bounded = coarse-to-fine with the coarse objectness targets "
+        "capped by distance from the box centre (see --assign-bound). No effect without an auxiliary head",
+    )
+    p.add_argument(
+        "--assign-bound",
+        type=float,
+        metavar="FLOAT",
+        help="strength of coarse-to-fine-bounded's cap on coarse objectness targets, >= 0 (0: no cap; default "
+        f"{_default_bound():g}, core.loss.DEFAULT_BOUND)",
+    )
+    p.add_argument(
+        "--aux-wiring",
+        choices=_wirings(),
+        help="where the auxiliary head reads: top-down = the top-down pyramid (official); partial = the middle of "
+        "the ELAN block feeding each lead level (the paper's partial auxiliary head; P5 models, needs --aux)",
+    )
     p.add_argument("--epochs", type=int, help="default 100")
     p.add_argument("--img", type=int, help="training image size (square; default 640)")
     p.add_argument("--batch", type=int, help="total batch size over all processes (default 16)")
@@ -127,6 +148,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.set_defaults(func=run_val)
 
 
+def _strategies() -> tuple[str, ...]:
+    from core.train.config import assign_strategies
+
+    return assign_strategies()
+
+
+def _default_bound() -> float:
+    from core.loss import DEFAULT_BOUND
+
+    return DEFAULT_BOUND
+
+
+def _wirings() -> tuple[str, ...]:
+    from core.models import AUX_WIRINGS
+
+    return AUX_WIRINGS
+
+
 def _show_config_defaults(p: argparse.ArgumentParser) -> None:
     """Append TrainConfig's default to each flag's help (the parser itself has none: --config must win)."""
     from core.train import TrainConfig
@@ -147,7 +186,8 @@ def _show_config_defaults(p: argparse.ArgumentParser) -> None:
 
 # flags that are TrainConfig fields under the same name (dashes as underscores)
 _FIELDS = (
-    "data", "recipe", "model", "width", "weights", "aux", "epochs", "img", "batch", "device", "out", "name", "hyp",
+    "data", "recipe", "model", "width", "weights", "aux", "assign", "assign_bound", "aux_wiring", "epochs", "img",
+    "batch", "device", "out", "name", "hyp",
     "workers", "seed", "optimizer", "lr_schedule", "nbs", "warmup_min_iters", "ema", "amp", "bf16", "channels_last",
     "multi_scale", "image_weights", "label_smoothing", "cache_images", "autoanchor", "patience", "close_mosaic",
     "eval_interval", "eval_conf", "eval_iou", "val_split", "train_split", "save_period", "sync_bn",
@@ -221,12 +261,18 @@ def config_from_args(args: argparse.Namespace) -> object:
             with torch.device("meta"):
                 freeze = sorted(set(freeze) | set(range(build_model(model, 1).backbone_end)))
         fields["freeze"] = freeze
-    return TrainConfig.from_dict(fields)
+    cfg = TrainConfig.from_dict(fields)
+    from core.models import SPECS
+
+    if not cfg.weights and cfg.model in SPECS:  # fine-tuning: the checkpoint's model is checked once loaded
+        cfg.check_model(SPECS[cfg.model])
+    return cfg
 
 
 def run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from core.explore import training_hooks
     from core.train import TrainConfig, Trainer
     from core.train.rundir import RunDir
     from core.train.setup import read_resume_checkpoint
@@ -251,7 +297,7 @@ def run_train(args: argparse.Namespace) -> int:
                 return 0
         else:
             cfg = config_from_args(args)  # type: ignore[assignment]
-        status = Trainer(cfg, resume=resume, log=print).fit()
+        status = Trainer(cfg, hooks=training_hooks(cfg), resume=resume, log=print).fit()
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

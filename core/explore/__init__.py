@@ -10,7 +10,8 @@ Public API (what the CLI and the front ends call):
   ``save_stats(stats, out)``.
 * Safe on a shared model: ``eval_view(model)`` (eval mode without switching the caller's model); both calls above
   use it, so several threads can explore with one model.
-* Training: ``ObjectnessHook(every)`` (registered by the trainer for ``--objectness-every N``),
+* Training: ``training_hooks(cfg)`` (the hooks a TrainConfig asks for; every caller of ``core.train.Trainer`` passes
+  them as ``hooks=``), ``ObjectnessHook(every)`` (``--objectness-every N``),
   ``convergence_figure(run_dir)`` (the slider over epochs).
 * Labels of one image: ``read_labels(path, width, height, class_names)`` (YOLO .txt or VOC .xml), ``LabelError``.
 """
@@ -21,7 +22,7 @@ from core.explore.figure import default_level, exploration_figure, level_figure,
 from core.explore.labels import LabelError, read_labels
 from core.explore.stats import SIZE_BUCKETS, AssignmentStats, BoxCounts, GroupStats, assignment_stats, size_bucket
 from core.explore.stats_figures import STATS_FIGURES
-from core.explore.training import ObjectnessHook, convergence_figure, load_snapshots, write_snapshot
+from core.explore.training import ObjectnessHook, convergence_figure, load_snapshots, training_hooks, write_snapshot
 from core.inference.eval_view import eval_view
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "save_exploration",
     "save_stats",
     "size_bucket",
+    "training_hooks",
     "view_cells",
     "write_html",
     "write_pngs",

@@ -1,7 +1,8 @@
 """Objectness maps during training (``yolov7-studio train --objectness-every N``): watch the lead and aux heads
 converge on one fixed validation image, as in the paper's objectness-map figure.
 
-``ObjectnessHook(every)`` picks the first validation image with boxes (dataset order, so the same image on resume),
+``ObjectnessHook(every)`` (registered by the trainer's caller: ``training_hooks(cfg)`` gives the hooks a config asks
+for) picks the first validation image with boxes (dataset order, so the same image on resume),
 and before training (epoch 0) and after every N-th and the last epoch runs :func:`core.explore.explore_image` on
 the EMA model (the weights that are evaluated and saved). It writes into ``<run>/objectness/``::
 
@@ -30,7 +31,15 @@ from core.explore.engine import ImageExploration, explore_image
 from core.explore.style import HEAT_SCALE, IMAGE_DIM, box_colour, box_path, data_uri
 from core.train.hooks import Hook
 
-__all__ = ["ObjectnessHook", "Snapshot", "write_snapshot", "load_snapshots", "snapshot_figure", "convergence_figure"]
+__all__ = [
+    "ObjectnessHook",
+    "Snapshot",
+    "convergence_figure",
+    "load_snapshots",
+    "snapshot_figure",
+    "training_hooks",
+    "write_snapshot",
+]
 
 SNAPSHOT_DIR = "objectness"
 PANEL = 330  # pixels per map panel in the figures
@@ -218,9 +227,11 @@ def convergence_figure(source: str | Path | list[Snapshot]) -> go.Figure:
     return fig
 
 
-# -- the hook --------------------------------------------------------------------------------------------------------
+# -- the hooks --------------------------------------------------------------------------------------------------------
 class ObjectnessHook(Hook):
     """Snapshot the objectness maps of a fixed validation image every ``every`` epochs (see the module docstring)."""
+
+    objectness_maps = True  # the trainer notes a run with objectness_every > 0 that has no such hook
 
     def __init__(self, every: int) -> None:
         if every < 1:
@@ -275,3 +286,13 @@ class ObjectnessHook(Hook):
                     t.log(f"objectness maps: {note}")
         except Exception as exc:  # noqa: BLE001 - an observer must never stop the training
             t.log(f"objectness maps after epoch {epoch} failed: {type(exc).__name__}: {exc}")
+
+
+def training_hooks(cfg: Any) -> list[Hook]:
+    """The hooks a training run's settings ask for, for every caller of ``core.train.Trainer`` to register the same
+    way (the CLI, the demo, the studies): ``ObjectnessHook(cfg.objectness_every)`` when ``objectness_every > 0``.
+
+    >>> Trainer(cfg, hooks=training_hooks(cfg)).fit()
+    """
+    every = int(getattr(cfg, "objectness_every", 0) or 0)
+    return [ObjectnessHook(every)] if every > 0 else []

@@ -4,6 +4,22 @@ Each layer is an ``nn.Module`` with two attributes: ``i`` (its index, which is t
 the ``model.{i}`` prefix of its state-dict keys) and ``f`` (the absolute index of its input layer, a list of
 indices, or ``-1`` for the network input). Parameter-free layers (Concat, MP, Upsample, Shortcut) take an
 index as in the official configs.
+
+Auxiliary head wiring (``aux_wiring``; the aux layers are always appended after the lead convs, so every
+earlier layer keeps its official index and only the aux 3x3 convs' inputs differ):
+
+* ``"top-down"`` (official, the default): aux level P3 reads the last top-down ELAN (the block that feeds the P3
+  lead), P4 the top-down ELAN before it, P5 the SPP block, i.e. the feature pyramid *before* the bottom-up path.
+  yolov7-tiny: aux convs 77, 78, 79 read layers 57, 47, 37; yolov7: 105, 106, 107 read 75, 63, 51. This is the
+  wiring of the official P6 training configs (E-ELAN: the second copy of each block, before the sum), and the
+  only one the P6 models accept.
+* ``"partial"`` (the paper's *partial* auxiliary head, a pyramid in the middle of the computational block): each
+  aux level reads an intermediate layer of the ELAN block that feeds the *matching lead level* (the last top-down
+  ELAN for P3, the two bottom-up ELANs for P4 and P5): the middle 3x3 conv of its chain (``chain[depth // 2]``,
+  the first of two in yolov7-tiny, the second of four in yolov7, the third of six in yolov7x). The aux head
+  thus supervises half a block's depth below the lead head instead of a separate, shallower pyramid.
+  yolov7-tiny: aux convs 77, 78, 79 read layers 54, 62, 70 (32, 64, 128 channels at width 1);
+  yolov7: 105, 106, 107 read 71, 84, 97 (64, 128, 256 channels). Same aux widths (``spec.aux``) and head.
 """
 
 from __future__ import annotations
@@ -15,6 +31,19 @@ from torch import nn
 from core.models.blocks import MP, SP, SPPCSPC, Concat, Conv, DownC, ReOrg, RepConv, Shortcut, Upsample
 from core.models.specs import Elan, ModelSpec
 
+AUX_WIRINGS = ("top-down", "partial")
+
+
+def check_aux_wiring(spec: ModelSpec, aux_wiring: str, with_aux: bool = True) -> None:
+    """``ValueError`` for an unknown wiring, or ``"partial"`` on a P6 model (which keeps the official wiring)."""
+    if aux_wiring not in AUX_WIRINGS:
+        raise ValueError(f"unknown auxiliary-head wiring {aux_wiring!r}; choose one of {', '.join(AUX_WIRINGS)}")
+    if with_aux and aux_wiring == "partial" and spec.family == "p6":
+        raise ValueError(
+            f"{spec.name}: the partial auxiliary-head wiring is for the P5 models (yolov7-tiny, yolov7, yolov7x and "
+            "their scaled variants); the P6 models keep their official auxiliary wiring (top-down)"
+        )
+
 
 @dataclass
 class Graph:
@@ -23,6 +52,7 @@ class Graph:
     act: str
     layers: list[nn.Module] = field(default_factory=list)
     ch: list[int] = field(default_factory=list)
+    middle: dict[int, int] = field(default_factory=dict)  # ELAN output index -> its middle 3x3 chain conv
 
     def add(self, module: nn.Module, f: int | list[int], c_out: int) -> int:
         i = len(self.layers)
@@ -63,7 +93,9 @@ class Graph:
         for _ in range(e.depth):
             chain.append(self.conv(chain[-1], e.chain, 3))
         taps = [chain[j] for j in range(e.depth, 0, -e.step)] + [b, a]
-        return self.conv(self.concat(taps), e.out)
+        out = self.conv(self.concat(taps), e.out)
+        self.middle[out] = chain[max(e.depth // 2, 1)]  # the partial aux head's tap (module docstring)
+        return out
 
     def block(self, f: int, e: Elan, eelan: bool) -> tuple[int, int]:
         """An ELAN, or for E-ELAN two independent copies on the same input summed by a Shortcut.
@@ -111,8 +143,12 @@ class Layout:
     backbone_end: int  # index of the first layer after the backbone (the SPP block)
 
 
-def build_layers(spec: ModelSpec, with_aux: bool) -> Layout:
-    """Append every layer up to (not including) the detection head; see the module docstring."""
+def build_layers(spec: ModelSpec, with_aux: bool, aux_wiring: str = "top-down") -> Layout:
+    """Append every layer up to (not including) the detection head; see the module docstring.
+
+    ``aux_wiring`` (only with ``with_aux``): ``"top-down"`` or ``"partial"`` (P5 and tiny models only).
+    """
+    check_aux_wiring(spec, aux_wiring, with_aux)
     g = Graph(spec.act)
     # -- stem ----------------------------------------------------------------------------------------------
     x = -1
@@ -161,6 +197,9 @@ def build_layers(spec: ModelSpec, with_aux: bool) -> Layout:
     lead_from = [g.repconv(f, c) if spec.repconv else g.conv(f, c, 3) for f, c in zip(lead_in, spec.lead)]
     aux_from: list[int] = []
     if with_aux:
-        aux_in = td_tap[::-1]  # P3 tap, ..., top tap (= SPP)
+        if aux_wiring == "partial":  # the middle of the ELAN block that feeds each lead level
+            aux_in = [g.middle[f] for f in lead_in]
+        else:  # top-down: P3 tap, ..., top tap (= SPP)
+            aux_in = td_tap[::-1]
         aux_from = [g.conv(f, c, 3) for f, c in zip(aux_in, spec.aux)]
     return Layout(lead_from, aux_from, g, backbone_end)

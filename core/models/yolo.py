@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.models.builder import build_layers
+from core.models.builder import build_layers, check_aux_wiring
 from core.models.heads import Detect, IAuxDetect, IDetect
 from core.models.specs import ModelSpec
 
@@ -25,6 +25,9 @@ class Yolo(nn.Module):
     ``deploy=True`` builds the official deploy config: a plain ``Detect`` head without implicit layers and no
     auxiliary branch (RepConv/BN still unfused until :func:`core.models.fuse_blocks`).
     ``aux`` adds the auxiliary head (default: as in the official training config, i.e. on for P6).
+    ``aux_wiring``: where the auxiliary head reads from, ``"top-down"`` (official) or ``"partial"`` (P5 models;
+    see :mod:`core.models.builder`). Without an auxiliary head it is ignored and ``model.aux_wiring`` is
+    ``"top-down"``.
     """
 
     def __init__(
@@ -36,6 +39,7 @@ class Yolo(nn.Module):
         aux: bool | None = None,
         class_names: list[str] | None = None,
         anchors: torch.Tensor | None = None,
+        aux_wiring: str = "top-down",
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -44,15 +48,17 @@ class Yolo(nn.Module):
             aux = spec.default_aux
         if deploy:
             aux = False
+        check_aux_wiring(spec, aux_wiring, bool(aux))
         self.spec = spec
         self.nc = num_classes
         self.deploy = deploy
         self.aux = bool(aux)
+        self.aux_wiring = aux_wiring if self.aux else "top-down"
         self.names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         if len(self.names) != num_classes:
             raise ValueError(f"{len(self.names)} class names for {num_classes} classes")
 
-        layout = build_layers(spec, with_aux=self.aux)
+        layout = build_layers(spec, with_aux=self.aux, aux_wiring=self.aux_wiring)
         g = layout.graph
         anchors_px = torch.tensor(spec.anchors, dtype=torch.float32) if anchors is None else anchors.float()
         strides = list(spec.strides)
@@ -129,4 +135,5 @@ class Yolo(nn.Module):
 
     def extra_repr(self) -> str:
         form = "deploy" if self.deploy else "training"
-        return f"name={self.spec.name}, nc={self.nc}, form={form}, aux={self.aux}"
+        wiring = f", aux_wiring={self.aux_wiring}" if self.aux else ""
+        return f"name={self.spec.name}, nc={self.nc}, form={form}, aux={self.aux}{wiring}"

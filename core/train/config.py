@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,13 @@ SMALL_DATASET_IMAGES = 1000  # below this many training images, recipe "auto" me
 # The README's BCCD recipe (yolov7-tiny from scratch, 364 images: test mAP50-95 0.58 vs 0.17 with the official one);
 # close_mosaic is the last fifth of the run, at most 10 epochs (10 of 50 there).
 SMALL_RECIPE: dict[str, Any] = {"optimizer": "adamw", "lr0": 0.002, "nbs": 16, "close_mosaic_share": 0.2}
+
+
+def assign_strategies() -> tuple[str, ...]:
+    """The assignment strategies of the loss (``core.loss.ASSIGN_STRATEGIES``)."""
+    from core.loss import ASSIGN_STRATEGIES
+
+    return tuple(ASSIGN_STRATEGIES)
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,11 @@ class TrainConfig:
     out: str = "runs/train"
     weights: str | None = None  # our checkpoint or an official .pt: fine-tune from it
     aux: bool | None = None  # auxiliary head (default: as the official training config)
+    # label assignment of the aux head (core.loss): independent | lead-guided | coarse-to-fine (official) |
+    # coarse-to-fine-bounded; without an aux head it changes nothing
+    assign: str = "coarse-to-fine"
+    assign_bound: float | None = None  # coarse-to-fine-bounded's ceiling strength, >= 0 (None: core.loss.DEFAULT_BOUND)
+    aux_wiring: str = "top-down"  # where the aux head reads: top-down (official) | partial (P5 models, needs aux)
     epochs: int = 100
     img: int = 640
     batch: int = 16  # total batch size over all processes (official --batch-size)
@@ -68,6 +81,39 @@ class TrainConfig:
     progress: bool = True
     plots: str = "all"  # all (HTML + PNG at the end) | html | none
     name: str | None = None
+
+    def __post_init__(self) -> None:
+        from core.models import AUX_WIRINGS
+
+        strategies = assign_strategies()
+        if self.assign not in strategies:
+            raise ValueError(f"unknown assignment strategy {self.assign!r}; choose one of {', '.join(strategies)}")
+        if self.aux_wiring not in AUX_WIRINGS:
+            raise ValueError(
+                f"unknown auxiliary-head wiring {self.aux_wiring!r}; choose one of {', '.join(AUX_WIRINGS)}"
+            )
+        if self.aux_wiring == "partial" and self.aux is False:
+            raise ValueError("--aux-wiring partial wires the auxiliary head, but the auxiliary head is off (--no-aux)")
+        if self.assign_bound is not None and not (
+            isinstance(self.assign_bound, (int, float)) and math.isfinite(self.assign_bound) and self.assign_bound >= 0
+        ):
+            raise ValueError(f"assign_bound (the ceiling's strength) must be a number >= 0, got {self.assign_bound!r}")
+
+    def check_model(self, spec: Any) -> None:
+        """``ValueError`` when the aux settings do not fit the model ``spec`` (a ``core.models.ModelSpec``): the
+        partial wiring needs an auxiliary head (``aux=True`` for P5 models) and is not for the P6 models."""
+        if self.aux_wiring != "partial":
+            return
+        aux = spec.default_aux if self.aux is None else self.aux
+        if spec.family == "p6":
+            raise ValueError(
+                f"--aux-wiring partial: {spec.name} is a P6 model, which keeps its official auxiliary wiring "
+                "(top-down); the partial wiring is for the P5 models (yolov7-tiny, yolov7, yolov7x)"
+            )
+        if not aux:
+            raise ValueError(
+                f"--aux-wiring partial wires the auxiliary head, but {spec.name} has none by default: add --aux"
+            )
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)

@@ -315,8 +315,10 @@ def build_or_load_model(cfg: TrainConfig, dataset: Any, ckpt: dict[str, Any] | N
             raise ValueError(f"cannot resume: the checkpoint's classes {model.names} differ from the dataset's {names}")
         return model, None
     if cfg.weights:
-        loaded = load_model(cfg.weights, class_names=names, aux=cfg.aux)
+        loaded = load_model(cfg.weights, class_names=names, aux=cfg.aux, aux_wiring=cfg.aux_wiring)
         model = loaded.model
+        if cfg.aux_wiring == "partial" and not model.aux:
+            raise ValueError(f"--aux-wiring partial: {cfg.weights} has no auxiliary head to wire; add --aux")
         if any(type(m).__name__ == "Conv" and not hasattr(m, "bn") for m in model.modules()):
             raise ValueError(f"{cfg.weights}: a fused deploy model cannot be trained; use a training checkpoint")
         note = f"fine-tuning from {cfg.weights}: {loaded.description}"
@@ -326,7 +328,8 @@ def build_or_load_model(cfg: TrainConfig, dataset: Any, ckpt: dict[str, Any] | N
     from core.models import get_spec, scale_width
 
     spec = get_spec(cfg.model) if cfg.width == 1.0 else scale_width(get_spec(cfg.model), cfg.width)
-    return build_model(spec, len(names), aux=cfg.aux, class_names=names), None
+    cfg.check_model(spec)
+    return build_model(spec, len(names), aux=cfg.aux, class_names=names, aux_wiring=cfg.aux_wiring), None
 
 
 def freeze_layers(model: nn.Module, layers: tuple[int, ...], log: Any) -> None:
@@ -348,14 +351,35 @@ def check_anchors(model: Any, dataset: Any, cfg: TrainConfig, hyp: Any) -> str:
     return check_and_evolve(model, dataset, cfg.img, hyp.anchor_t, split=cfg.train_split, seed=cfg.seed)
 
 
-def build_loss(model: Any, hyp: Any, img_size: int, label_smoothing: float) -> Any:
+def build_loss(
+    model: Any,
+    hyp: Any,
+    img_size: int,
+    label_smoothing: float,
+    assign: str = "coarse-to-fine",
+    bound: float | None = None,
+) -> Any:
+    """The loss of ``model`` with the assignment strategy ``assign``; ``bound`` None: the loss's default."""
     from dataclasses import replace
 
-    from core.loss import LossHyp, YoloLoss
+    from core.loss import DEFAULT_BOUND, LossHyp, YoloLoss
 
     lh = LossHyp.from_dict(hyp.to_dict()).scaled(model.num_levels, model.nc, img_size)
     lh = replace(lh, label_smoothing=label_smoothing)
-    return YoloLoss.from_model(model, lh, aux=model.aux)
+    bound = DEFAULT_BOUND if bound is None else bound
+    return YoloLoss.from_model(model, lh, aux=model.aux, strategy=assign, bound=bound)
+
+
+def describe_assignment(cfg: TrainConfig, model: Any) -> str:
+    """``"assign coarse-to-fine, aux wiring top-down"`` (with the bound for the bounded strategy); "" without aux."""
+    if not getattr(model, "aux", False):
+        return ""
+    text = f"assign {cfg.assign}"
+    if cfg.assign == "coarse-to-fine-bounded":
+        from core.loss import DEFAULT_BOUND
+
+        text += f" (bound {DEFAULT_BOUND if cfg.assign_bound is None else cfg.assign_bound:g})"
+    return f"{text}, aux wiring {getattr(model, 'aux_wiring', 'top-down')}"
 
 
 # -- running ---------------------------------------------------------------------------------------------------------

@@ -51,6 +51,10 @@ def fitness(metrics: dict[str, float]) -> float:
 class Trainer:
     """One training run (see the module docstring). ``hooks`` observe it; ``log`` receives text lines.
 
+    The trainer registers only its own hooks (status, plots). Hooks that settings ask for, such as the objectness
+    maps of ``objectness_every``, are the caller's to register: ``hooks=core.explore.training_hooks(cfg)`` (as the
+    CLI, the job runner's processes and the studies do), so that ``core.train`` depends on nothing above it.
+
     A resumed run continues in the run directory it is resumed from (``resume``: the directory or its
     ``weights/last.pt``), whatever ``cfg.out`` says, so a moved run or another working directory works.
     """
@@ -83,10 +87,6 @@ class Trainer:
         self._joined = False  # every rank got through setup (so the run directory is this run's on every rank)
         self._heartbeat_stop = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
-        if cfg.objectness_every > 0:  # lead/aux objectness maps of a fixed val image (core.explore.training)
-            from core.explore.training import ObjectnessHook
-
-            self.hooks.append(ObjectnessHook(cfg.objectness_every))
 
     # -- logging -------------------------------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -171,7 +171,9 @@ class Trainer:
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.nc = self.model.nc
-        self.loss_fn = S.build_loss(self.model, self.hyp, cfg.img, cfg.label_smoothing)
+        self.loss_fn = S.build_loss(
+            self.model, self.hyp, cfg.img, cfg.label_smoothing, assign=cfg.assign, bound=cfg.assign_bound
+        )
         self.train_loader = S.train_loader(cfg, self.dataset, self.hyp, self.rank, self.world)
         self.steps_per_epoch = len(self.train_loader)
         self.class_weights = S.class_weights(self.dataset, cfg.train_split, self.dataset.num_classes)
@@ -203,9 +205,11 @@ class Trainer:
             "model": {
                 "name": self.model.spec.name,
                 "aux": self.model.aux,
+                "aux_wiring": self.model.aux_wiring,
                 "num_classes": self.nc,
                 "class_names": self.model.names,
             },
+            "assign": self._assignment(),
             "data": self.data_report,
             "device": str(self.device),
             "world_size": self.world,
@@ -214,16 +218,33 @@ class Trainer:
         }
         if self.is_main:
             cfg.write(self.run.config, extra)
+        assignment = S.describe_assignment(cfg, self.model)
         self.log(
             f"{self.model.spec.name}: {sum(p.numel() for p in self.model.parameters()):,} params, "
-            f"{self.nc} classes, aux head {'on' if self.model.aux else 'off'}, device {self.device}, "
-            f"{self.steps_per_epoch} batches/epoch, accumulate {self.accumulate}, warmup {self.warmup_iters} it"
+            f"{self.nc} classes, aux head {'on (' + assignment + ')' if self.model.aux else 'off'}, "
+            f"device {self.device}, {self.steps_per_epoch} batches/epoch, accumulate {self.accumulate}, "
+            f"warmup {self.warmup_iters} it"
         )
+        if cfg.objectness_every > 0 and not any(getattr(h, "objectness_maps", False) for h in self.hooks):
+            self.log(
+                f"note: objectness_every={cfg.objectness_every}, but no objectness hook was registered, so no maps "
+                "are saved (library callers: Trainer(cfg, hooks=core.explore.training_hooks(cfg)))"
+            )
+
+    def _assignment(self) -> dict[str, Any]:
+        """The label assignment of this run, as saved in config.json and in every checkpoint's training state."""
+        return {
+            "strategy": self.cfg.assign,
+            "bound": self.loss_fn.bound,
+            "aux_wiring": self.model.aux_wiring,
+            "aux": self.model.aux,
+        }
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def _train_state(self) -> dict[str, Any]:
         return {
-            "config": self.cfg.to_dict(), "hyp": self.hyp.to_dict(), "epoch": self.epoch, "step": self.step,
+            "config": self.cfg.to_dict(), "hyp": self.hyp.to_dict(), "assign": self._assignment(),
+            "epoch": self.epoch, "step": self.step,
             "iteration": self.iteration, "last_opt_step": self.last_opt_step, "best_fitness": self.best_fitness,
             "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "metrics": self.metrics,
             "scheduler": self.scheduler.state_dict(),
