@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     a.add_argument("--workers", type=int, default=2, help="data-loading workers")
     a.add_argument("--max-steps", type=int, default=0, help="stop each run after N optimizer steps (smoke tests)")
-    a.add_argument("--plots", default="none", choices=("none", "html", "all"), help="each run's training plots")
+    a.add_argument("--plots", default="html", choices=("none", "html", "all"), help="each run's training plots")
     a.add_argument("--no-figure", action="store_true", help="skip the objectness figure")
     a.set_defaults(func=run_assignment)
 

@@ -31,6 +31,8 @@ DEFAULT_STRATEGY = "coarse-to-fine"  # the official behaviour (TrainConfig's def
 WIRINGS = ("top-down", "partial")
 # settings that must match for a study folder to be continued (conditions and seeds may be added)
 _FIXED = ("data", "model", "width", "epochs", "img", "batch", "aux_wiring", "recipe", "train_overrides")
+# train_overrides that do not change results (a study may be continued with other values)
+_NEUTRAL = ("device", "workers", "plots", "progress")
 # TrainConfig fields the study sets itself (train_overrides may not change them)
 _OWN = ("data", "model", "width", "epochs", "img", "batch", "seed", "aux", "assign", "aux_wiring", "recipe", "out",
         "name", "weights", "objectness_every")  # fmt: skip
@@ -90,6 +92,7 @@ def train_config(settings: dict[str, Any], condition: str, seed: int, out: Path)
         kw["assign"] = condition
     if "aux_wiring" in fields and condition != "none":
         kw["aux_wiring"] = settings["aux_wiring"]
+    kw["plots"] = "html"  # each run's training curves for the dashboard, without the slower PNG export
     kw.update(settings.get("train_overrides") or {})
     return TrainConfig(**kw)
 
@@ -215,7 +218,8 @@ def _merge(out: Path, settings: dict[str, Any]) -> tuple[dict[str, Any] | None, 
     for key in _FIXED:
         a, b = old["settings"].get(key), settings.get(key)
         if key == "train_overrides":
-            a, b = a or {}, b or {}
+            a = {k: v for k, v in (a or {}).items() if k not in _NEUTRAL}
+            b = {k: v for k, v in (b or {}).items() if k not in _NEUTRAL}
         if a != b:
             raise ValueError(f"{out / STUDY_FILE}: this folder holds a study with other settings ({key}: {a!r} there, "
                              f"{b!r} asked); continue it with the same settings or choose another --out")  # fmt: skip
@@ -307,6 +311,10 @@ def run_assignment_study(
             t0 = time.time()
             try:
                 final = _train(cfg, run_dir, state == "resume", _prefixed(say, name))
+            except KeyboardInterrupt:  # a second Ctrl-C: the run is resumable, the study says so
+                run["status"] = "pending"
+                save()
+                raise
             except RunInUse as exc:
                 say(f"{name}: {exc}; skipped")
                 save()
