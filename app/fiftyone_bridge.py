@@ -15,7 +15,10 @@ in the source, or beyond ``max_images``, are removed):
   ``core.data.check_dataset``); the split as a tag and in ``split``; the check's problems of each image as
   ``issue:<kind>`` tags and ``issues`` messages (dataset-level problems and left-out images in ``info``).
 * ``pred_<run>``, ``pred_<run>_deploy``, ``pred_<run>_onnx``: one field per checkpoint and form, with
-  ``confidence`` (= objectness x class probability) and the attributes ``objectness`` and ``class_prob``.
+  ``confidence`` (= objectness x class probability) and the attributes ``objectness`` and ``class_prob``. The
+  forms run as in the studio's Detect tab: training in PyTorch, deploy on ``backend="auto"`` (the fastest installed
+  CPU runtime, or CUDA PyTorch), onnx in ONNX Runtime; the backend that ran is in each field's description and
+  ``info["backend"]`` (e.g. ``onnxruntime (CPU, auto)``) and in ``info["yolov7_studio"]["backends"]``.
 * ``evaluate_detections`` per variant (COCO method, eval key ``eval_<run>[_form]``), mAP and per-class AP in
   ``info["evaluation"]``; ``variant_disagreement`` per image when there are several variants.
 * ``fiftyone.brain.compute_mistakenness`` from one variant (default the first): ``mistakenness``,
@@ -155,21 +158,16 @@ def _detections(fo: Any, boxes: Any, labels: list[str], size: tuple[int, int], a
     return fo.Detections(detections=out)
 
 
-def _predictor(variant: Any, loaded: Any, img_size: int, media_dir: Path) -> Any:
-    from core.inference import Predictor
+def _predictor(variant: Any, loaded: Any, img_size: int, cache_folder: Path) -> Any:
+    """The variant's predictor, as the studio's Detect tab builds it (training: PyTorch; deploy: ``auto``;
+    onnx: ONNX Runtime); exported graphs are cached under ``cache_folder/onnx``."""
+    from app.services.detect import make_predictor
+    from core.inference import BackendError
 
-    if variant.form == "onnx":
-        from app.services.detect import OnnxPredictor
-        from core.export import export_onnx, verify_onnx
-
-        dest = media_dir / "onnx" / f"{variant.run}_{img_size}.onnx"
-        if not dest.is_file() or dest.stat().st_mtime < variant.checkpoint.stat().st_mtime:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            export_onnx(loaded.model, dest, img_size=img_size, dynamic=True)
-            if not verify_onnx(dest, loaded.model).passed:
-                raise BridgeError(f"{variant.checkpoint}: the ONNX export failed its check")
-        return OnnxPredictor(loaded.model, dest, img_size=img_size)
-    return Predictor(loaded.model, img_size=img_size, deploy=variant.form == "deploy")
+    try:
+        return make_predictor(loaded.model, variant.form, img_size, cache_folder)
+    except BackendError as exc:
+        raise BridgeError(f"{variant.checkpoint}: the {variant.form} form cannot run here: {exc}") from None
 
 
 def to_fiftyone(
@@ -189,7 +187,8 @@ def to_fiftyone(
     log: Callable[[str], None] = print,
 ) -> BridgeResult:
     """Build or update the FiftyOne dataset ``name`` (default :func:`default_name`) from ``data`` (any dataset
-    ``core.data`` reads) and the checkpoints ``weights`` in ``forms`` (``training``, ``deploy``, ``onnx``).
+    ``core.data`` reads) and the checkpoints ``weights`` in ``forms`` (``training``, ``deploy`` on the ``auto``
+    backend, ``onnx``).
 
     Args:
         split: only this split (default all). max_images: only the first N images (of the split).
@@ -205,7 +204,7 @@ def to_fiftyone(
         BridgeError: missing or unreadable data or checkpoint, classes sharing no name with the dataset's,
             unknown split or form, FiftyOne missing, or its database unreachable; the message says which.
     """
-    from app.services.detect import checkpoint_img_size
+    from app.services.detect import backend_name, checkpoint_img_size
     from app.services.fiftyone_model import (
         PartDetections,
         class_mapping,
@@ -253,11 +252,15 @@ def to_fiftyone(
     sizes = {p: checkpoint_img_size(m.checkpoint) if img_size is None else int(img_size) for p, m in loaded.items()}
 
     preds: dict[str, list[PartDetections]] = {}
+    backends: dict[str, str] = {}
     for v in variants:
         t = time.perf_counter()
         nms = NmsConfig(conf=conf, iou=iou, max_det=DEFAULT_MAX_DET)
-        preds[v.field] = predict_with_parts(_predictor(v, loaded[v.checkpoint], sizes[v.checkpoint], media), paths, nms)
-        log(f"{v.field}: {len(paths)} images in {time.perf_counter() - t:.1f} s")
+        predictor = _predictor(v, loaded[v.checkpoint], sizes[v.checkpoint], media)
+        backends[v.field] = backend_name(predictor)
+        preds[v.field] = predict_with_parts(predictor, paths, nms)
+        notes = f" (auto skipped {'; '.join(predictor.backend_notes)})" if predictor.backend_notes else ""
+        log(f"{v.field}: {len(paths)} images in {time.perf_counter() - t:.1f} s on {backends[v.field]}{notes}")
 
     t = time.perf_counter()
     view_model, view_map = loaded[view_ckpt].model, mappings[view_ckpt]
@@ -313,6 +316,11 @@ def to_fiftyone(
         old = [x for x in samples if x.filepath in existing]
         dataset.merge_samples(old, key_field="filepath", merge_lists=False, overwrite=True, progress=False)
     dataset.add_dynamic_sample_fields()
+    for v in variants:  # which network made each field, where the App shows it (the field's description)
+        pred_field = dataset.get_field(v.field)
+        pred_field.description = f"{v.checkpoint.name}, {v.form} form, run by {backends[v.field]}"
+        pred_field.info = {"checkpoint": str(v.checkpoint.resolve()), "form": v.form, "backend": backends[v.field]}
+        pred_field.save()
     updated = sum(p in existing for p in paths)
 
     evaluation = {}
@@ -325,7 +333,7 @@ def to_fiftyone(
     views = views_.save_views(dataset, [(v.field, v.eval_key) for v in variants], error_field, True)
     dataset.info.update({
         "yolov7_studio": {
-            "data": str(Path(data).resolve()), "class_names": names, "variants": fields,
+            "data": str(Path(data).resolve()), "class_names": names, "variants": fields, "backends": backends,
             "checkpoints": {v.field: str(v.checkpoint.resolve()) for v in variants},
             "image_size": {str(p): s for p, s in sizes.items()}, "nms": {"conf": conf, "iou": iou},
             "label_errors_from": error_field, "yolov7_view_from": str(view_ckpt.resolve()),

@@ -2,47 +2,65 @@
 
 A request names a checkpoint by its workspace id (``demo``, ``run:<name>``, ``upload:<file>``), a form and the NMS
 settings; the predictor for (checkpoint file, form, image size) is built once and shared through the studio's
-:class:`app.modelcache.ModelCache` by every request thread. Forms:
+:class:`app.modelcache.ModelCache` by every request thread. Every form is a :class:`core.inference.Predictor` (same
+letterbox and official NMS), so the forms differ only in the network and where it runs:
 
-* ``training``: the checkpoint's network as trained (PyTorch; the auxiliary head is not run);
-* ``deploy``: the re-parameterized deploy form (PyTorch, verified by its self-check when built);
-* ``onnx``: the deploy form exported to ONNX (:func:`core.export.export_onnx`, dynamic shapes, cached per
-  checkpoint and size under ``<workspace>/cache/onnx``) and run in ONNX Runtime, with the predictor's letterbox
-  and the official NMS (:mod:`core.nms`) around it, so the three forms differ only in the network.
+* ``training``: the checkpoint's network as trained, in PyTorch (the auxiliary head is not run);
+* ``deploy``: the re-parameterized deploy form on ``backend="auto"``: PyTorch on CUDA, else the fastest installed
+  CPU runtime (ONNX Runtime, then OpenVINO), else PyTorch, with the reason for every runtime skipped;
+* ``onnx`` / ``openvino``: the deploy form in ONNX Runtime / OpenVINO, explicitly (``openvino`` is offered only
+  where OpenVINO is installed).
 
+The runtimes run the deploy form exported to ONNX once per weights and size, cached under ``<workspace>/cache/onnx``
+and checked against PyTorch when built (:mod:`core.inference.backends`). The summary, the JSON record's
+``backend`` and the Compare table say which backend ran (:func:`backend_name`), read from the predictor.
 The network input size is the checkpoint's training size when it stores one, else 640.
 """
 
 from __future__ import annotations
 
-import hashlib
+import importlib.util
 import json
-import os
-import tempfile
+import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from app.modelcache import ModelCache, file_key, load_checkpoint_model
 from app.modelcache import checkpoint_img_size as _stored_img_size
 from app.workspace import CheckpointEntry, Workspace
-from core.inference import Detections, ImageReadError, InputImage, Predictor, draw_detections, read_image
+from core.inference import (
+    BackendError,
+    Detections,
+    ImageReadError,
+    InputImage,
+    Predictor,
+    draw_detections,
+    read_image,
+)
 
 FORMS: dict[str, str] = {
     "training": "training form (PyTorch)",
-    "deploy": "deploy form, re-parameterized (PyTorch)",
-    "onnx": "ONNX Runtime (deploy form)",
+    "deploy": "deploy form, fastest backend here (auto)",
+    "onnx": "deploy form in ONNX Runtime",
 }
+FORM_BACKENDS: dict[str, str] = {"training": "torch", "deploy": "auto", "onnx": "onnxruntime"}
+if importlib.util.find_spec("openvino") is not None:  # looked up, not imported: the studio loads it only when used
+    FORMS["openvino"] = "deploy form in OpenVINO"
+    FORM_BACKENDS["openvino"] = "openvino"
 DEFAULT_IMG_SIZE = 640
 DEFAULT_CONF, DEFAULT_IOU, DEFAULT_MAX_DET = 0.25, 0.45, 300
 TABLE_HEADERS = ["image", "#", "class", "score", "x1", "y1", "x2", "y2"]
 KEEP_JSON_FILES = 64  # detection JSON downloads kept in <workspace>/tmp/detect
+
+_requested: weakref.WeakKeyDictionary[Predictor, str] = weakref.WeakKeyDictionary()  # backend asked for, per predictor
+_requested_lock = threading.Lock()
 
 
 class DetectError(ValueError):
@@ -105,54 +123,23 @@ def add_checkpoint(ws: Workspace, upload: str | Path, name: str | None = None) -
 
 
 # -- predictors --------------------------------------------------------------------------------------------------
-class OnnxPredictor(Predictor):
-    """A :class:`Predictor` whose network runs in ONNX Runtime: same letterbox, decode layout and official NMS."""
-
-    def __init__(self, model: Any, onnx_path: str | Path, *, img_size: int, threads: int | None = None) -> None:
-        from core.export import onnx_session
-
-        # the PyTorch model is kept only for its names and strides; the ONNX file is the network that runs
-        super().__init__(
-            model, device="cpu", img_size=img_size, precision="fp32", deploy=False, check=False, channels_last=False
-        )
-        self.onnx_path = Path(onnx_path)
-        self.session = onnx_session(self.onnx_path, threads=threads)
-
-    def infer(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` float batch -> decoded ``[B, N, 5+nc]`` float32 from ONNX Runtime."""
-        out = self.session.run(None, {"images": np.ascontiguousarray(x.float().cpu().numpy())})[0]
-        return torch.from_numpy(out)
+def cache_dir(ws: Workspace) -> Path:
+    """The workspace's cache folder: the exported graphs live in its ``onnx/`` (core's export cache)."""
+    return ws.root / "cache"
 
 
-def onnx_path_for(ws: Workspace, checkpoint: Path, img_size: int) -> Path:
-    """Where the ONNX export of ``checkpoint`` at ``img_size`` is cached (changes when the file changes)."""
-    key = hashlib.sha1(repr((*file_key(checkpoint), img_size)).encode()).hexdigest()[:16]
-    return ws.root / "cache" / "onnx" / f"{Path(checkpoint).stem}_{img_size}_{key}.onnx"
+def make_predictor(model: Any, form: str, img_size: int, cache_folder: str | Path | None) -> Predictor:
+    """A :class:`Predictor` of ``model`` in ``form`` (:data:`FORMS`) at ``img_size``: the training form in PyTorch,
+    the deploy form on :data:`FORM_BACKENDS`' backend (exported graphs cached in ``cache_folder``).
 
-
-def _export_onnx(ws: Workspace, checkpoint: Path, model: Any, img_size: int) -> Path:
-    """Export once (dynamic batch/height/width so that rectangular letterboxes run), verify, cache."""
-    from core.export import export_onnx, verify_onnx
-
-    dest = onnx_path_for(ws, checkpoint, img_size)
-    if dest.is_file():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".export.", suffix=".onnx", dir=dest.parent)
-    os.close(fd)
-    try:
-        export_onnx(model, tmp, img_size=img_size, dynamic=True)
-        check = verify_onnx(tmp, model)
-        if not check.passed:
-            raise DetectError(f"{checkpoint.name}: the ONNX export failed its check ({check.to_text()})")
-        os.replace(tmp, dest)
-    except DetectError:
-        raise
-    except Exception as exc:
-        raise DetectError(f"{checkpoint.name}: ONNX export failed ({type(exc).__name__}: {exc})") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return dest
+    Raises :class:`core.inference.BackendError` when an explicitly requested runtime cannot run (``auto`` falls
+    back instead and says why in ``predictor.backend_notes``).
+    """
+    backend = FORM_BACKENDS[form]
+    predictor = Predictor(model, img_size=img_size, deploy=form != "training", backend=backend, cache_dir=cache_folder)
+    with _requested_lock:
+        _requested[predictor] = backend
+    return predictor
 
 
 def get_predictor(ws: Workspace, cache: ModelCache, ident: str | None, form: str = "deploy") -> Predictor:
@@ -162,25 +149,29 @@ def get_predictor(ws: Workspace, cache: ModelCache, ident: str | None, form: str
     entry, loaded, img_size = resolve_checkpoint(ws, cache, ident)
 
     def build() -> Predictor:
-        if form == "onnx":
-            try:
-                import onnx  # noqa: F401
-                import onnxruntime  # noqa: F401
-            except ImportError:
-                raise DetectError(
-                    "the ONNX Runtime form needs onnx and onnxruntime (pip install 'yolov7-studio[export]')"
-                ) from None
-            return OnnxPredictor(loaded.model, _export_onnx(ws, entry.path, loaded.model, img_size), img_size=img_size)
-        return Predictor(loaded.model, img_size=img_size, deploy=form == "deploy")
+        try:
+            return make_predictor(loaded.model, form, img_size, cache_dir(ws))
+        except BackendError as exc:
+            raise DetectError(f"{entry.path.name}: the {form} form cannot run here: {exc}") from None
 
     return cache.get(("predictor", form, img_size, *file_key(entry.path)), build)
 
 
 def backend_name(predictor: Predictor) -> str:
-    """Where and how a predictor runs, e.g. ``PyTorch cpu fp32`` or ``ONNX Runtime (CPU)``."""
-    if isinstance(predictor, OnnxPredictor):
-        return "ONNX Runtime " + "/".join(p.replace("ExecutionProvider", "") for p in predictor.session.get_providers())
-    return f"PyTorch {predictor.device} {predictor.precision}"
+    """What ran the network, read from the predictor: ``onnxruntime (CPU, auto)``, ``openvino (CPU)``,
+    ``torch (cpu fp32)``, ``torch (cuda:0 fp16, auto)``; the first word is ``predictor.backend``."""
+    auto = ", auto" if _requested.get(predictor) == "auto" else ""
+    if predictor.backend == "torch":
+        return f"torch ({predictor.device} {predictor.precision}{auto})"
+    return f"{predictor.backend} (CPU{auto})"
+
+
+def auto_note(predictor: Predictor) -> str:
+    """``, chosen by auto`` and what it skipped (with why) for a predictor built on ``auto``, else ``""``."""
+    if _requested.get(predictor) != "auto":
+        return ""
+    skipped = " (skipped " + "; ".join(predictor.backend_notes) + ")" if predictor.backend_notes else ""
+    return ", chosen by auto" + skipped
 
 
 # -- requests ------------------------------------------------------------------------------------------------------
@@ -295,6 +286,7 @@ def detect(
         "model": loaded.description,
         "form": form,
         "backend": backend,
+        "backend_notes": list(predictor.backend_notes),
         "img_size": predictor.img_size,
         "settings": {"conf": conf, "iou": iou, "max_det": max_det, "classes": wanted},
         "class_names": list(predictor.names),
@@ -304,8 +296,10 @@ def detect(
     }
     n = sum(len(d) for d in dets)
     per = f", {latency_ms / len(dets):.1f} ms per image" if len(dets) > 1 else ""
+    network = "training form" if form == "training" else "deploy form"
     summary = (
-        f"**{latency_ms:.1f} ms**{per} · {n} detection{'s' if n != 1 else ''} · {FORMS[form]} on {backend} · "
+        f"**{latency_ms:.1f} ms**{per} · {n} detection{'s' if n != 1 else ''} · {network} on "
+        f"**{predictor.backend_label}**{auto_note(predictor)} · "
         f"{entry.id} ({loaded.description}) at {predictor.img_size} px"
     )
     if load_s > 0.5:

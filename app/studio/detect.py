@@ -1,9 +1,11 @@
 """Detect tab: an image (upload or a demo example), a model and its settings -> annotated image, table, JSON.
 
 ``/detect`` (inputs in this order; all but the image have defaults): image, checkpoint id (``demo``), form
-(``deploy``), conf (0.25), IoU (0.45), max detections (300), classes (``[]`` = all), more images (``[]``).
+(``deploy``: the fastest backend here, ``auto``; ``training``, ``onnx``, and ``openvino`` where installed), conf
+(0.25), IoU (0.45), max detections (300), classes (``[]`` = all), more images (``[]``).
 Outputs: annotated image, annotated further images (gallery), detections table, summary line (latency, form,
-backend), the JSON document, the JSON file. ``/upload_checkpoint`` adds a ``.pt`` through the safe loader.
+the backend that ran), the JSON document (its ``backend``, e.g. ``onnxruntime (CPU, auto)``), the JSON file.
+``/upload_checkpoint`` adds a ``.pt`` through the safe loader.
 The work is done by :mod:`app.services.detect`.
 """
 
@@ -73,7 +75,12 @@ def build(ctx: StudioContext) -> None:
             with gr.Accordion("add a checkpoint (.pt: ours or an official YOLOv7 file)", open=False):
                 upload = gr.File(label="checkpoint", file_types=[".pt", ".pth"], type="filepath")
                 upload_msg = gr.Markdown()
-            form_in = gr.Radio(choices=[(label, key) for key, label in svc.FORMS.items()], value="deploy", label="form")
+            form_in = gr.Radio(
+                choices=[(label, key) for key, label in svc.FORMS.items()],
+                value="deploy",
+                label="form",
+                info="auto runs the deploy form on the fastest backend installed; the summary says which ran",
+            )
             with gr.Row():
                 conf_in = gr.Slider(0.0, 1.0, value=svc.DEFAULT_CONF, step=0.01, label="confidence threshold")
                 iou_in = gr.Slider(0.0, 1.0, value=svc.DEFAULT_IOU, step=0.01, label="NMS IoU threshold")
