@@ -31,7 +31,7 @@ echo "== running the test suite =="
 RUNTIMES="tests/test_backends.py tests/test_export.py"
 status=0
 run() { .venv/bin/python -m pytest "$@" || { s=$?; [ "$s" = 5 ] || status=$s; }; }
-run --ignore=tests/test_fiftyone.py --ignore=tests/test_backends.py --ignore=tests/test_export.py "$@"
+run --ignore=tests/test_fiftyone.py --ignore=tests/test_fiftyone_launch.py --ignore=tests/test_backends.py --ignore=tests/test_export.py "$@"
 run $RUNTIMES "$@"
-run tests/test_fiftyone.py "$@"
+run tests/test_fiftyone.py tests/test_fiftyone_launch.py "$@"
 exit "$status"
