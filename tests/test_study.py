@@ -188,10 +188,12 @@ def test_scaling_study_numbers_and_ratio_argument(tmp_path: Path) -> None:
     assert p["base"] == pytest.approx(36.9e6, rel=0.01)  # the paper's yolov7 (deploy form)
     assert p["base"] < p["depth-only"] < p["compound"] and p["base"] < p["width-only"]
     assert rows["base"]["gflops"] == pytest.approx(104.7, rel=0.01)
-    change = {k: r["channel_ratios"]["max_ratio_change_vs_base"] for k, r in rows.items()}
+    change = {k: r["max_ratio_change_vs_base"] for k, r in rows.items()}
     # depth-only: 6 instead of 4 chain convs -> the transition reads 5/4 of its channels; compound widens it to match
     assert change["depth-only"] == pytest.approx(0.25) and change["compound"] == 0 and change["width-only"] == 0
-    b1 = {k: r["channel_ratios"]["blocks"]["backbone.1"] for k, r in rows.items()}
+    b1 = {k: r["blocks"]["backbone.1"] for k, r in rows.items()}
+    neck = {k: r["channel_ratios"]["neck_td.1"] for k, r in rows.items()}  # ELAN-H: 4 chain outputs + 2 branches
+    assert neck == {"base": 4.0, "width-only": 4.0, "depth-only": 5.0, "compound": 4.0}
     assert (b1["base"]["transition_in"], b1["base"]["out"]) == (256, 256)
     assert (b1["depth-only"]["transition_in"], b1["depth-only"]["out"]) == (320, 256)
     assert (b1["compound"]["transition_in"], b1["compound"]["out"]) == (320, 320)

@@ -14,7 +14,8 @@ seed, run_dir (relative to the study folder), status: finished|running|pending|f
 APs, APm, APl (fractions), split, weights, source} or null, error?}], "summary": [{condition, n, AP_mean, AP_std,
 ...}], "paper": [{condition, AP, AP50, AP75, source}], "figure": "objectness.png", "figure_html", "table":
 "table.md"}``; for ``kind`` "scaling": ``{"settings", "rows": [{variant, depth, width, params, gflops,
-channel_ratios, metrics}], "paper", "table"}``.
+channel_ratios ({block: transition in/out ratio}), max_ratio_change_vs_base, blocks, backbone_out_ratios,
+metrics}], "paper", "table"}``.
 """
 
 from core.study.assignment import CONDITIONS, WIRINGS, parse_seeds, run_assignment_study

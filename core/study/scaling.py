@@ -89,12 +89,15 @@ def scaling_study(
     for variant, spec in variant_specs(base, depth, width).items():
         p = profile(spec, num_classes=num_classes, img_size=img)
         ratios = channel_ratios(spec)
-        ratios["max_ratio_change_vs_base"] = _max_change(ratios, base_ratios)
         rows.append({
             "variant": variant, "spec": spec.name,
             "depth": 1.0 if variant in ("base", "width-only") else depth,
             "width": 1.0 if variant in ("base", "depth-only") else width,
-            "params": p.params_deploy, "gflops": p.gflops_deploy, "channel_ratios": ratios, "metrics": None,
+            "params": p.params_deploy, "gflops": p.gflops_deploy,
+            # flat {block: transition in/out ratio} (what a front end lists), details beside it
+            "channel_ratios": {name: round(b["ratio"], 4) for name, b in ratios["blocks"].items()},
+            "max_ratio_change_vs_base": _max_change(ratios, base_ratios),
+            "blocks": ratios["blocks"], "backbone_out_ratios": ratios["backbone_out_ratios"], "metrics": None,
         })  # fmt: skip
     study: dict[str, Any] = {
         "kind": "scaling", "version": VERSION,
@@ -124,23 +127,23 @@ def scaling_table(study: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        change = r["channel_ratios"]["max_ratio_change_vs_base"]
+        change = r["max_ratio_change_vs_base"]
         lines.append(f"| {r['variant']} | {r['depth']:g} | {r['width']:g} | {r['params'] / 1e6:.1f} | "
                      f"{r['gflops']:.1f} | {100 * change:.1f}% |")  # fmt: skip
-    names = list(rows[0]["channel_ratios"]["blocks"])
+    names = list(rows[0]["blocks"])
     lines += ["", "Transition layer input/output channels per computational block (the ratio the paper keeps):", "",
               "| block | " + " | ".join(r["variant"] for r in rows) + " |", "|---|" + "---|" * len(rows)]  # fmt: skip
     for b in names:
         cells = []
         for r in rows:
-            x = r["channel_ratios"]["blocks"][b]
+            x = r["blocks"][b]
             cells.append(f"{x['transition_in']}/{x['out']} = {x['ratio']:.2f} (depth {x['depth']})")
         lines.append(f"| {b} | " + " | ".join(cells) + " |")
-    cons = rows[0]["channel_ratios"]["backbone_out_ratios"]
+    cons = rows[0]["backbone_out_ratios"]
     lines += ["", "Output width ratio of consecutive backbone blocks:", "",
               "| blocks | " + " | ".join(r["variant"] for r in rows) + " |", "|---|" + "---|" * len(rows)]  # fmt: skip
     for k in cons:
-        lines.append(f"| {k} | " + " | ".join(f"{r['channel_ratios']['backbone_out_ratios'][k]:.2f}" for r in rows)
+        lines.append(f"| {k} | " + " | ".join(f"{r['backbone_out_ratios'][k]:.2f}" for r in rows)
                      + " |")  # fmt: skip
     lines += ["", "Paper, Table 3 (YOLOv7-X light as base, COCO val, 640 px; its depth-only row scales depth by 2.0):",
               "", "| variant | paper row | params (M) | GFLOPs | AP | AP50 | AP75 |",
