@@ -287,3 +287,21 @@ def test_dashboard_fiftyone_tab_without_the_extra(dash_ws: Workspace, monkeypatc
     at = app_test("compare")
     assert "pip install -e .[fiftyone]" in texts(at)
     assert not [b for b in at.button if b.key == "fo_open"]
+
+
+def test_a_real_scaling_study_with_the_papers_numbers(ws: Workspace) -> None:
+    """A study written by core.study.scaling_study opens with its rows, the paper's Table 3 beside them."""
+    from core.study import scaling_study
+
+    doc = scaling_study("yolov7", 1.5, 1.25, img=128, num_classes=4, out=ws.root / "studies" / "scale")
+    view = sv.open_study(ws, "studies/scale")
+    assert [r[0] for r in view.rows] == ["base", "width-only", "depth-only", "compound"]
+    by_variant = {r["variant"]: r for r in doc["rows"]}
+    col = view.headers.index
+    for row in view.rows:
+        assert row[col("params (M)")] == round(by_variant[row[0]]["params"] / 1e6, 3)
+        assert row[col("max ratio change vs base")] == pytest.approx(by_variant[row[0]]["max_ratio_change_vs_base"])
+    compound = view.rows[3]
+    assert compound[col("paper params (M)")] == 71.3 and compound[col("paper AP")] == 52.9
+    assert [t.type for t in view.figure.data] == ["bar", "scatter", "bar", "scatter"]
+    assert "Scaling study" in view.summary

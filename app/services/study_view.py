@@ -335,9 +335,12 @@ def _scaling_view(sid: str, folder: Path, doc: dict[str, Any]) -> StudyView:
     by_variant = {str(r.get("variant")): r for r in raw}
     rows_in = [by_variant[v] for v in order]
     has_metrics = any(isinstance(r.get("metrics"), dict) for r in rows_in)
-    headers = ["variant", "depth", "width", "params (M)", "GFLOPs", "channel ratios"]
+    paper = {str(p.get("variant")): p for p in doc.get("paper") or [] if isinstance(p, dict)}
+    headers = ["variant", "depth", "width", "params (M)", "GFLOPs", "channel ratios", "max ratio change vs base"]
     if has_metrics:
         headers += ["AP (%)", "AP50 (%)"]
+    if paper:
+        headers += ["paper params (M)", "paper GFLOPs", "paper AP"]
     rows = []
     for r in rows_in:
         params, gflops = _num(r.get("params")), _num(r.get("gflops"))
@@ -347,6 +350,7 @@ def _scaling_view(sid: str, folder: Path, doc: dict[str, Any]) -> StudyView:
             if isinstance(ratios, dict)
             else ""
         )
+        change = _num(r.get("max_ratio_change_vs_base"))
         row = [
             r.get("variant"),
             r.get("depth"),
@@ -354,6 +358,7 @@ def _scaling_view(sid: str, folder: Path, doc: dict[str, Any]) -> StudyView:
             round(params / 1e6, 3) if params is not None else None,
             round(gflops, 2) if gflops is not None else None,
             ratio_text,
+            round(change, 3) if change is not None else None,
         ]
         if has_metrics:
             m = r.get("metrics") if isinstance(r.get("metrics"), dict) else {}
@@ -361,15 +366,26 @@ def _scaling_view(sid: str, folder: Path, doc: dict[str, Any]) -> StudyView:
                 round(v, 2) if (v := _pct(m.get("AP"))) is not None else None,
                 round(v, 2) if (v := _pct(m.get("AP50"))) is not None else None,
             ]
+        if paper:
+            p = paper.get(str(r.get("variant")), {})
+            ap = _pct(p.get("AP"))
+            row += [_num(p.get("params_m")), _num(p.get("gflops")), round(ap, 1) if ap is not None else None]
         rows.append(row)
     settings = doc.get("settings") if isinstance(doc.get("settings"), dict) else {}
     text = (
         f"**Scaling study** `{sid}`: {len(rows)} variants of {settings.get('model', '?')} "
         f"(depth ×{settings.get('depth', '?')}, width ×{settings.get('width', '?')}): parameters and GFLOPs of "
-        "width-only, depth-only and compound scaling, and the channel ratios between blocks."
+        "width-only, depth-only and compound scaling, and the channel ratios between blocks"
+        + (f" ({settings['counts']})" if settings.get("counts") else "")
+        + ". "
+        + (
+            "Paper: " + "; ".join(sorted({str(p.get("source")) for p in paper.values() if p.get("source")})) + "."
+            if paper
+            else ""
+        )
     )
     record = {**doc, "id": sid, "folder": str(folder)}
-    return StudyView(sid, folder, "scaling", text, headers, rows, scaling_figure(rows_in), None, [], record)
+    return StudyView(sid, folder, "scaling", text, headers, rows, scaling_figure(rows_in, paper), None, [], record)
 
 
 # -- figures ---------------------------------------------------------------------------------------------------------
@@ -430,15 +446,16 @@ def assignment_figure(conditions: list[str], summary: dict[str, Any], paper: dic
     return fig
 
 
-def scaling_figure(rows: list[dict[str, Any]]) -> Any:
-    """Parameters (M) and GFLOPs per scaled variant, side by side."""
+def scaling_figure(rows: list[dict[str, Any]], paper: dict[str, dict[str, Any]] | None = None) -> Any:
+    """Parameters (M) and GFLOPs per scaled variant, side by side; the paper's (Table 3) as markers when given."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("parameters (M)", "GFLOPs"), horizontal_spacing=0.1)
     names = [str(r.get("variant")) for r in rows]
     colors = ["#94a3b8", "#f59e0b", "#10b981", "#4f46e5", "#a855f7", "#64748b"]
-    for col, (key, scale) in enumerate((("params", 1e-6), ("gflops", 1.0)), start=1):
+    paper = paper or {}
+    for col, (key, scale, paper_key) in enumerate((("params", 1e-6, "params_m"), ("gflops", 1.0, "gflops")), start=1):
         ys = [(_num(r.get(key)) or 0.0) * scale for r in rows]
         fig.add_trace(
             go.Bar(
@@ -453,6 +470,21 @@ def scaling_figure(rows: list[dict[str, Any]]) -> Any:
             row=1,
             col=col,
         )
+        paper_ys = [_num(paper.get(n, {}).get(paper_key)) for n in names]
+        if any(v is not None for v in paper_ys):
+            fig.add_trace(
+                go.Scatter(
+                    x=names,
+                    y=paper_ys,
+                    mode="markers",
+                    marker={"symbol": "diamond", "size": 12, "color": "#111827"},
+                    name="paper (Table 3, its own scale factors)",
+                    showlegend=col == 1,
+                    hovertemplate="%{x}: %{y:.3g}<extra>paper</extra>",
+                ),
+                row=1,
+                col=col,
+            )
     fig.update_layout(height=340, margin={"l": 50, "r": 20, "t": 40, "b": 40}, template="plotly_white")
     fig.update_yaxes(rangemode="tozero")
     return fig
