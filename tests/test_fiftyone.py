@@ -249,6 +249,11 @@ def test_rerun_updates_in_place(built, demo, fo):
     assert (again.added, again.updated, again.removed) == (0, 12, 0)
     assert again.variants == ["pred_tiny_deploy"] and dataset.count("pred_tiny_deploy.detections") > 0
     assert dataset.has_sample_field("pred_tiny")  # an earlier variant stays
+    # each field says which backend made it: training in PyTorch, deploy on the backend auto chose
+    deploy, training = dataset.get_field("pred_tiny_deploy"), dataset.get_field("pred_tiny")
+    assert training.info["backend"] == "torch (cpu fp32)" and training.info["form"] == "training"
+    assert deploy.info["backend"].endswith(", auto)") and deploy.info["backend"] in deploy.description
+    assert dataset.info["yolov7_studio"]["backends"] == {"pred_tiny_deploy": deploy.info["backend"]}
     assert sorted(dataset.values("id")) == ids
     assert dataset.count("ground_truth.detections") == result.boxes
     assert len(dataset.values("filepath")) == len(set(dataset.values("filepath")))
