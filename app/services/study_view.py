@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -307,20 +308,19 @@ def _assignment_view(sid: str, folder: Path, doc: dict[str, Any]) -> StudyView:
     if not image.is_file():
         image = None
         notes.append(f"no objectness figure yet ({figure_name} is written when every run has finished)")
-    sources = sorted({str(p.get("source")) for p in paper.values() if p.get("source")})
-    best = max(
-        (c for c in conditions if _num(summary.get(c, {}).get("AP_mean")) is not None),
-        key=lambda c: _num(summary[c]["AP_mean"]) or 0.0,
-        default=None,
-    )
+    means = {c: m for c in conditions if (m := _num(summary.get(c, {}).get("AP_mean"))) is not None}
+    top = max(means.values(), default=0.0)
+    leaders = [c for c, m in means.items() if m == top]
+    seeds = settings.get("seeds", "?")
     text = (
         f"**Assignment study** `{sid}`: {len(conditions)} conditions, {len(runs)} runs "
         f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items())) or 'none'}). "
         f"{settings.get('model', '?')} ×{settings.get('width', '?')}, {settings.get('epochs', '?')} epochs at "
-        f"{settings.get('img', '?')} px on `{settings.get('data', '?')}`, seeds {settings.get('seeds', '?')}, "
+        f"{settings.get('img', '?')} px on `{settings.get('data', '?')}`, seeds "
+        f"{', '.join(map(str, seeds)) if isinstance(seeds, list) else seeds}, "
         f"evaluated on the {settings.get('split', 'test')} split (pycocotools). "
-        + (f"Best mean AP: **{best}**. " if best else "")
-        + ("Paper: " + "; ".join(sources) + "." if sources else "")
+        + (f"Best mean AP: **{leaders[0]}** ({100 * top:.1f}). " if top > 0 and len(leaders) == 1 else "")
+        + _paper_note(paper)
     )
     record = {**doc, "id": sid, "folder": str(folder), "live_status": states}
     return StudyView(
@@ -388,9 +388,38 @@ def _scaling_view(sid: str, folder: Path, doc: dict[str, Any]) -> StudyView:
     return StudyView(sid, folder, "scaling", text, headers, rows, scaling_figure(rows_in, paper), None, [], record)
 
 
+def _paper_note(paper: dict[str, dict[str, Any]]) -> str:
+    """Where the paper's numbers come from, each table named once."""
+    tables = []
+    for p in paper.values():
+        if p.get("table"):
+            name = f"{p['table']} ({p['model']})" if p.get("model") else str(p["table"])
+        elif p.get("source"):
+            m = re.search(r"(Table \d+) \((.*?),? COCO", str(p["source"]))
+            name = f"{m.group(1)} ({m.group(2)})" if m else str(p["source"])
+        else:
+            continue
+        if name not in tables:
+            tables.append(name)
+    if not tables:
+        return ""
+    return (
+        "Paper columns: YOLOv7 paper (arXiv:2207.02696), " + ", ".join(tables) + ", on COCO: compare the ordering "
+        "and the gaps, not the values."
+    )
+
+
 # -- figures ---------------------------------------------------------------------------------------------------------
 PALETTE = {"none": "#94a3b8", "independent": "#f59e0b", "lead-guided": "#10b981", "coarse-to-fine": "#4f46e5",
            "coarse-to-fine-bounded": "#a855f7"}  # fmt: skip
+
+
+def _wrap(label: str, width: int = 15) -> str:
+    """A long condition name on two lines (``coarse-to-fine<br>-bounded``) so that tick labels do not collide."""
+    if len(label) <= width or "-" not in label:
+        return label
+    cut = label.rfind("-")
+    return f"{label[:cut]}<br>{label[cut:]}"
 
 
 def assignment_figure(conditions: list[str], summary: dict[str, Any], paper: dict[str, Any]) -> Any:
@@ -435,10 +464,11 @@ def assignment_figure(conditions: list[str], summary: dict[str, Any], paper: dic
                 row=1,
                 col=col,
             )
+    fig.update_xaxes(tickvals=conditions, ticktext=[_wrap(c) for c in conditions], tickangle=0)
     fig.update_layout(
-        height=380,
-        margin={"l": 50, "r": 20, "t": 40, "b": 40},
-        legend={"orientation": "h", "y": -0.18},
+        height=400,
+        margin={"l": 50, "r": 20, "t": 70, "b": 40},
+        legend={"orientation": "h", "y": -0.22},
         template="plotly_white",
         bargap=0.35,
     )
@@ -485,6 +515,6 @@ def scaling_figure(rows: list[dict[str, Any]], paper: dict[str, dict[str, Any]] 
                 row=1,
                 col=col,
             )
-    fig.update_layout(height=340, margin={"l": 50, "r": 20, "t": 40, "b": 40}, template="plotly_white")
+    fig.update_layout(height=340, margin={"l": 50, "r": 20, "t": 70, "b": 40}, template="plotly_white")
     fig.update_yaxes(rangemode="tozero")
     return fig

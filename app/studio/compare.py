@@ -79,7 +79,7 @@ def build(ctx: StudioContext) -> None:
             plot = gr.Plot(label="per-class AP")
             table = gr.Dataframe(headers=svc.SUMMARY_HEADERS, label="models", interactive=False)
             gallery = gr.Gallery(label="predictions on the same image", columns=2, interactive=False, height=420)
-            per_class = gr.Dataframe(label="per-class AP", interactive=False)
+            per_class = gr.Dataframe(headers=["class"], label="per-class AP", interactive=False)
             with gr.Accordion("JSON", open=False):
                 record = gr.JSON(label="comparison")
     fiftyone_section(ctx, checkpoints_in, dataset_in, split_in)
@@ -149,7 +149,7 @@ def fiftyone_section(ctx: StudioContext, checkpoints_in: Any, dataset_in: Any, s
     installed = fol.available()
     with gr.Row(equal_height=True):
         open_fo = gr.Button("Open in FiftyOne", variant="secondary", visible=installed, scale=0, min_width=180)
-        stop_fo = gr.Button("Stop FiftyOne", variant="stop", visible=installed, scale=0, min_width=140)
+        stop_fo = gr.Button("Stop FiftyOne", variant="stop", visible=installed, scale=0, min_width=170)
         fo_status = gr.HTML(
             "Browse this dataset split with every picked checkpoint's predictions, their evaluation and likely "
             "label errors in the FiftyOne App (first opening: a minute or more)."
@@ -216,11 +216,8 @@ def studies_section(ctx: StudioContext) -> None:
             open_btn = gr.Button("Open study", variant="primary", scale=0, min_width=130)
             refresh_btn = gr.Button("Refresh", scale=0, min_width=100)
         study_summary = gr.Markdown()
-        with gr.Row():
-            with gr.Column(scale=3, min_width=360):
-                study_plot = gr.Plot(label="AP per condition")
-            with gr.Column(scale=2, min_width=300):
-                study_image = gr.Image(label="objectness maps (lead / aux) per condition", type="pil", height=380)
+        study_plot = gr.Plot(label="AP per condition (scaling: parameters and GFLOPs)")
+        study_image = gr.Image(label="objectness maps (lead / aux) per condition, same image", type="pil", height=640)
         study_table = gr.Dataframe(label="paper-style table (mean ± spread over seeds, %)", interactive=False)
         runs_table = gr.Dataframe(headers=sv.RUN_HEADERS, label="runs of the study", interactive=False)
         with gr.Accordion("study.json", open=False):

@@ -114,21 +114,18 @@ def studies_section() -> None:
     st.markdown(view.summary)
     for note in view.notes:
         st.caption(note)
-    if view.kind == "assignment":
-        chart, picture = st.columns([3, 2])
-        with chart:
-            st.plotly_chart(view.figure, key="study_chart")
+    st.plotly_chart(view.figure, key="study_chart")
+    tables, picture = st.columns([3, 2]) if view.image is not None else (st.container(), None)
+    with tables:
+        st.dataframe(pd.DataFrame(view.rows, columns=view.headers), hide_index=True, width="stretch", key="study_table")
+        if view.run_rows:
+            st.markdown("**Runs**")
+            st.dataframe(
+                pd.DataFrame(view.run_rows, columns=sv.RUN_HEADERS), hide_index=True, width="stretch", key="study_runs"
+            )
+    if picture is not None:
         with picture:
-            if view.image is not None:
-                st.image(str(view.image), caption="lead and auxiliary objectness per condition (same image)")
-    else:
-        st.plotly_chart(view.figure, key="study_chart")
-    st.dataframe(pd.DataFrame(view.rows, columns=view.headers), hide_index=True, width="stretch", key="study_table")
-    if view.run_rows:
-        st.markdown("**Runs**")
-        st.dataframe(
-            pd.DataFrame(view.run_rows, columns=sv.RUN_HEADERS), hide_index=True, width="stretch", key="study_runs"
-        )
+            st.image(str(view.image), caption="lead and auxiliary objectness per condition (same image)")
 
 
 def fiftyone_section() -> None:
