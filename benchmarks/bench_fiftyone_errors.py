@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -35,16 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 BCCD = REPO.parent / "shared" / "datasets" / "bccd" / "BCCD"
 KINDS = ("removed", "flipped", "shifted")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def inject(dataset, rate: float, seed: int):
@@ -122,6 +111,7 @@ def main() -> int:
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     from core.data import check_dataset, load_dataset, write_dataset
+    from core.device import cpu_description
 
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("FIFTYONE_DATABASE_DIR", tempfile.mkdtemp(prefix="fo_bench_db_"))
@@ -195,7 +185,7 @@ def main() -> int:
             row[f"random@{k}"] = float(np.mean(shares))
         table[kind] = row
     report = {
-        "cpu": cpu_name(), "threads": torch.get_num_threads(), "weights": str(weights),
+        "cpu": cpu_description(), "threads": torch.get_num_threads(), "weights": str(weights),
         "images": res.samples, "gt_boxes": res.boxes, "errors": n_by_kind, "build_seconds": round(seconds, 1),
         "images_per_s": round(res.samples / seconds, 2), "mAP": res.evaluation[field]["mAP"], "found": table,
         "unmatched_predictions": len(pred_rows),
