@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from app.workspace import REPO_ROOT, Workspace, WorkspaceError, safe_name
+from core.loss import ASSIGN_STRATEGIES, DEFAULT_ASSIGN
+from core.models import AUX_WIRINGS, get_spec
 from core.train import RunDir
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,12 @@ class TrainRequest:
     ``dataset`` and ``checkpoint`` are workspace ids (``checkpoint=None``: from scratch with ``variant``; a start
     checkpoint brings its own architecture, so ``variant`` then only names the run). ``width`` < 1 and
     ``max_steps`` are for quick experiments and tests.
+
+    ``assign`` (``core.loss.ASSIGN_STRATEGIES``), ``assign_bound`` (strength of ``coarse-to-fine-bounded``'s cap;
+    None: ``core.loss.DEFAULT_BOUND``) and ``aux_wiring`` (``core.models.AUX_WIRINGS``) choose how the auxiliary head
+    is labelled and where it reads; they need ``aux``. A start checkpoint is rewired to ``aux_wiring`` (the
+    auxiliary convs whose shape changes are re-initialised). Flags are passed only when not at their defaults, so
+    older requests give the same command line.
     """
 
     dataset: str = "demo"
@@ -86,6 +94,9 @@ class TrainRequest:
     workers: int = 2
     max_steps: int = 0
     device: str = "auto"
+    assign: str = DEFAULT_ASSIGN
+    assign_bound: float | None = None
+    aux_wiring: str = AUX_WIRINGS[0]  # top-down, the official wiring
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainRequest:
@@ -111,6 +122,44 @@ class TrainRequest:
             raise JobError(f"width must be in (0, 2], got {self.width}")
         if not self.variant or not str(self.variant).replace("-", "").replace("_", "").isalnum():
             raise JobError(f"invalid variant {self.variant!r} ({VARIANTS_HINT})")
+        self._validate_assignment()
+
+    def _validate_assignment(self) -> None:
+        if self.assign not in ASSIGN_STRATEGIES:
+            raise JobError(f"unknown assignment strategy {self.assign!r}; choose one of {', '.join(ASSIGN_STRATEGIES)}")
+        if self.aux_wiring not in AUX_WIRINGS:
+            raise JobError(f"unknown auxiliary-head wiring {self.aux_wiring!r}; choose one of {', '.join(AUX_WIRINGS)}")
+        bound = self.assign_bound
+        if bound is not None:
+            number = isinstance(bound, (int, float)) and not isinstance(bound, bool)
+            if not number or not math.isfinite(bound) or bound < 0:
+                raise JobError(f"assign_bound (the cap's strength) must be a number >= 0, got {bound!r}")
+            if self.assign != "coarse-to-fine-bounded":
+                raise JobError(
+                    f"assign_bound is the strength of coarse-to-fine-bounded's cap; with assign {self.assign!r} it has "
+                    "no effect: leave it out or choose assign 'coarse-to-fine-bounded'"
+                )
+        if not self.aux:
+            if self.aux_wiring != AUX_WIRINGS[0]:
+                raise JobError(
+                    f"aux_wiring {self.aux_wiring!r} wires the auxiliary head, but the auxiliary head is off: turn it "
+                    f"on (aux) or keep {AUX_WIRINGS[0]!r}"
+                )
+            if self.assign != DEFAULT_ASSIGN:
+                raise JobError(
+                    f"assign {self.assign!r} chooses the auxiliary head's labels, but the auxiliary head is off: turn "
+                    f"it on (aux) or keep {DEFAULT_ASSIGN!r}"
+                )
+        if self.aux_wiring == "partial" and self.checkpoint is None:  # a start checkpoint brings its own model
+            try:
+                family = get_spec(self.variant).family
+            except KeyError:
+                return  # an unknown variant: the training process names the known ones
+            if family == "p6":
+                raise JobError(
+                    f"aux_wiring 'partial' is for the P5 models (yolov7-tiny, yolov7, yolov7x and their scaled "
+                    f"variants); {self.variant} is a P6 model and keeps the official wiring: use 'top-down'"
+                )
 
     def recipe_args(self) -> list[str]:
         if self.recipe == "official":
@@ -131,6 +180,12 @@ class TrainRequest:
             args += ["--width", str(float(self.width))]
         if self.max_steps:
             args += ["--max-steps", str(int(self.max_steps))]
+        if self.assign != DEFAULT_ASSIGN:
+            args += ["--assign", self.assign]
+        if self.assign_bound is not None:
+            args += ["--assign-bound", str(float(self.assign_bound))]
+        if self.aux_wiring != AUX_WIRINGS[0]:
+            args += ["--aux-wiring", self.aux_wiring]
         return args + self.recipe_args()
 
 

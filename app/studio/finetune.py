@@ -3,7 +3,9 @@
 Layout and wiring only: the work is done by :class:`app.jobs.JobRunner` (``ctx.jobs``) and
 :mod:`app.services.training`. Endpoints: ``/start_training`` (form in, status JSON out), ``/training_status``
 (run name in, status JSON out), ``/stop_training`` (run name in, status JSON out). A ``gr.Timer`` follows the
-selected run every 2 s (status.json, results.csv, train.log).
+selected run every 2 s (status.json, results.csv, train.log). ``/start_training`` takes the label-assignment
+options last (``assign``, ``assign_bound``, ``aux_wiring``, with defaults), so older callers still work. Before a
+from-scratch run on a small dataset the form suggests a start checkpoint.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import gradio as gr
 from app.jobs import RECIPES, JobError
 from app.services import training as T
 from app.studio.context import StudioContext
-from core.models import list_models
+from core.loss import DEFAULT_ASSIGN, DEFAULT_BOUND
+from core.models import AUX_WIRINGS, list_models
 
 DEFAULT_EPOCHS, DEFAULT_IMG, DEFAULT_BATCH = 30, 320, 16
 LOG_LINES = 25
@@ -32,14 +35,20 @@ def build(ctx: StudioContext) -> None:
         gr.Markdown("The job runner is not available in this studio.")
         return
     recipe_help = "  \n".join(f"**{k}**: {v}" for k, v in RECIPES.items())
+    assign_help = "  \n".join(f"**{k}**: {v}" for k, v in T.ASSIGN_HELP.items())
+    wiring_help = "  \n".join(f"**{k}**: {v}" for k, v in T.WIRING_HELP.items())
 
     # -- plain functions behind the endpoints ------------------------------------------------------------------
     def start_training(
         dataset: str, checkpoint: str, from_scratch: bool, variant: str, aux: bool, epochs: float, img: float,
-        batch: float, recipe: str, name: str,
+        batch: float, recipe: str, name: str, assign: str = DEFAULT_ASSIGN, assign_bound: float | None = None,
+        aux_wiring: str = AUX_WIRINGS[0],
     ) -> dict[str, Any]:  # fmt: skip
         try:
-            req = T.request_from_form(dataset, checkpoint, from_scratch, variant, aux, epochs, img, batch, recipe, name)
+            req = T.request_from_form(
+                dataset, checkpoint, from_scratch, variant, aux, epochs, img, batch, recipe, name, assign,
+                assign_bound, aux_wiring,
+            )  # fmt: skip
             return jobs.start(req)
         except (JobError, ValueError) as exc:
             raise gr.Error(str(exc), print_exception=False) from None
@@ -69,11 +78,28 @@ def build(ctx: StudioContext) -> None:
                 info="demo, a run's best.pt, or an uploaded .pt (official YOLOv7 files too)",
             )  # fmt: skip
             from_scratch = gr.Checkbox(False, label="From scratch (ignore the start checkpoint)")
+            suggestion = gr.Markdown("")
             variant = gr.Dropdown(
                 list_models(), value="yolov7-tiny", label="Variant", interactive=False,
                 info="for training from scratch; a start checkpoint brings its own architecture",
             )  # fmt: skip
             aux = gr.Checkbox(True, label="Auxiliary head (coarse positives, YOLOv7's lead-guided training)")
+            with gr.Accordion("Advanced: label assignment", open=False):
+                aux_note = gr.Markdown("*These options need the auxiliary head: turn it on above.*", visible=False)
+                assign = gr.Radio(
+                    list(T.ASSIGN_HELP), value=DEFAULT_ASSIGN, label="How the auxiliary head is labelled",
+                )  # fmt: skip
+                assign_bound = gr.Number(
+                    DEFAULT_BOUND, label="Bound (strength of the cap on coarse labels; 0 = no cap)", minimum=0,
+                    visible=False,
+                )  # fmt: skip
+                gr.Markdown(assign_help, elem_classes="ys-muted")
+                aux_wiring = gr.Radio(list(T.WIRING_HELP), value=AUX_WIRINGS[0], label="Auxiliary head wiring")
+                gr.Markdown(
+                    wiring_help + "  \nA start checkpoint is rewired to this choice (the auxiliary layers whose "
+                    "shape changes start fresh).",
+                    elem_classes="ys-muted",
+                )  # fmt: skip
             with gr.Row():
                 epochs = gr.Number(DEFAULT_EPOCHS, label="Epochs", precision=0, minimum=1, maximum=10000)
                 img = gr.Number(DEFAULT_IMG, label="Image size", precision=0, minimum=32, step=32)
@@ -156,9 +182,31 @@ def build(ctx: StudioContext) -> None:
     run_pick.change(lambda n: follow(n, {}), [run_pick], follow_outputs, api_visibility="private")
 
     from_scratch.change(lambda s: gr.update(interactive=bool(s)), [from_scratch], [variant], api_visibility="private")
+
+    def suggest(dataset_id: str, checkpoint_id: str, scratch: bool) -> str:
+        return T.suggestion_for_form(ctx.workspace, ctx.cache, dataset_id, checkpoint_id, scratch)
+
+    for picker in (dataset, checkpoint, from_scratch):
+        picker.change(
+            suggest, [dataset, checkpoint, from_scratch], [suggestion], api_visibility="private", show_progress="hidden"
+        )
+
+    def aux_options(on: bool, strategy: str) -> tuple[Any, ...]:
+        on = bool(on)
+        shown = gr.update(interactive=on)
+        bound = gr.update(interactive=on, visible=strategy == T.BOUNDED)
+        return gr.update(visible=not on), shown, bound, gr.update(interactive=on)
+
+    aux.change(aux_options, [aux, assign], [aux_note, assign, assign_bound, aux_wiring], api_visibility="private")
+    assign.change(lambda s: gr.update(visible=s == T.BOUNDED), [assign], [assign_bound], api_visibility="private")
+    # the API's parameter order: new parameters only at the end, with defaults
+    form = [
+        dataset, checkpoint, from_scratch, variant, aux, epochs, img, batch, recipe, name, assign, assign_bound,
+        aux_wiring,
+    ]  # fmt: skip
     start_event = start_btn.click(
         start_training,
-        [dataset, checkpoint, from_scratch, variant, aux, epochs, img, batch, recipe, name],
+        form,
         [status_json],
         api_name="start_training",
     )
