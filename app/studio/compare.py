@@ -217,9 +217,14 @@ def studies_section(ctx: StudioContext) -> None:
             refresh_btn = gr.Button("Refresh", scale=0, min_width=100)
         study_summary = gr.Markdown()
         study_plot = gr.Plot(label="AP per condition (scaling: parameters and GFLOPs)")
-        study_image = gr.Image(label="objectness maps (lead / aux) per condition, same image", type="pil", height=640)
-        study_table = gr.Dataframe(label="paper-style table (mean ± spread over seeds, %)", interactive=False)
-        runs_table = gr.Dataframe(headers=sv.RUN_HEADERS, label="runs of the study", interactive=False)
+        with gr.Row():
+            with gr.Column(scale=3, min_width=420):
+                study_table = gr.Dataframe(label="paper-style table (mean ± spread over seeds, %)", interactive=False)
+                runs_table = gr.Dataframe(headers=sv.RUN_HEADERS, label="runs of the study", interactive=False)
+            with gr.Column(scale=2, min_width=300):
+                study_image = gr.Image(
+                    label="objectness maps (lead / aux) per condition, same image", type="pil", height=760
+                )
         with gr.Accordion("study.json", open=False):
             study_json = gr.JSON(label="study")
 
