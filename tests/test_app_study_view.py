@@ -305,3 +305,29 @@ def test_a_real_scaling_study_with_the_papers_numbers(ws: Workspace) -> None:
     assert compound[col("paper params (M)")] == 71.3 and compound[col("paper AP")] == 52.9
     assert [t.type for t in view.figure.data] == ["bar", "scatter", "bar", "scatter"]
     assert "Scaling study" in view.summary
+
+
+@pytest.mark.slow
+def test_a_real_assignment_study(ws: Workspace, tmp_path: Path) -> None:
+    """A 1-epoch study made by core.study.run_assignment_study (tiny, as its own test) opens with its numbers."""
+    from core.data import make_demo_dataset
+    from core.study import run_assignment_study
+
+    data = make_demo_dataset(tmp_path / "demo", n_images=16, img_size=96)
+    fast = {"workers": 0, "progress": False, "plots": "none", "nbs": 4, "eval_conf": 0.01}
+    doc = run_assignment_study(data, "yolov7-tiny", out=ws.root / "studies" / "real", epochs=1, img=64, batch=4,
+                               width=0.25, strategies=["none", "coarse-to-fine"], seeds=1, recipe="official",
+                               train_overrides=fast, log=lambda _m: None)  # fmt: skip
+    assert [ident for _, ident in sv.study_choices(ws)] == ["studies/real"]
+    view = sv.open_study(ws, "studies/real")
+    assert [r[0] for r in view.rows] == ["none", "coarse-to-fine"]
+    summary = {s["condition"]: s for s in doc["summary"]}
+    bars = [t for t in view.figure.data if t.type == "bar"]
+    assert list(bars[0].y) == pytest.approx([100 * summary[c]["AP_mean"] for c in ("none", "coarse-to-fine")])
+    assert [r[3] for r in view.run_rows] == ["finished", "finished"] and [r[4] for r in view.run_rows] == ["1/1"] * 2
+    assert view.image is not None and view.image.is_file()
+    with Image.open(view.image) as im:
+        assert im.size[0] > 100 and im.size[1] > 100
+    paper = {p["condition"]: p for p in doc["paper"]}
+    col = view.headers.index("paper AP")
+    assert view.rows[1][col] == f"{100 * paper['coarse-to-fine']['AP']:.1f}"
