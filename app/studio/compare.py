@@ -222,9 +222,7 @@ def studies_section(ctx: StudioContext) -> None:
                 study_table = gr.Dataframe(label="paper-style table (mean ± spread over seeds, %)", interactive=False)
                 runs_table = gr.Dataframe(headers=sv.RUN_HEADERS, label="runs of the study", interactive=False)
             with gr.Column(scale=2, min_width=300):
-                study_image = gr.Image(
-                    label="objectness maps (lead / aux) per condition, same image", type="pil", height=760
-                )
+                study_image = gr.Image(label="objectness (lead / aux)", type="pil", height=760)
         with gr.Accordion("study.json", open=False):
             study_json = gr.JSON(label="study")
 
