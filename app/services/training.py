@@ -253,16 +253,22 @@ ASSIGN_HELP: dict[str, str] = {
     "independent": "the auxiliary head is labelled from its own predictions (plain deep supervision)",
     "lead-guided": "both heads get the lead head's fine labels",
     "coarse-to-fine": "the official YOLOv7 assigner: fine labels for the lead, coarser (more) positives for the "
-    "auxiliary head, both from the lead's predictions (default)",
+    "auxiliary head, both from the lead's predictions",
     BOUNDED: "coarse-to-fine with the coarse labels' objectness capped by the distance from the box centre; "
     "strength = the bound (0: no cap)",
 }
 WIRING_HELP: dict[str, str] = {
-    "top-down": "the auxiliary head reads the top-down pyramid (official)",
+    "top-down": "the auxiliary head reads the top-down pyramid",
     "partial": "the auxiliary head reads the middle of the ELAN block feeding each lead level (the paper's partial "
     "auxiliary head; P5 models: yolov7-tiny, yolov7, yolov7x)",
 }
 assert set(ASSIGN_HELP) == set(ASSIGN_STRATEGIES) and set(WIRING_HELP) == set(AUX_WIRINGS)
+OFFICIAL = {DEFAULT_ASSIGN: "official default", AUX_WIRINGS[0]: "official"}
+
+
+def choice_label(value: str) -> str:
+    """A radio label: the value, with "(official ...)" for the official choices."""
+    return f"{value} ({OFFICIAL[value]})" if value in OFFICIAL else value
 
 
 def request_from_form(
@@ -345,10 +351,9 @@ def start_suggestion(n_train: int | None, from_scratch: bool) -> str:
     if not from_scratch or n_train is None or n_train >= SMALL_DATASET_IMAGES:
         return ""
     return (
-        f"**Suggestion:** start from a checkpoint: the demo checkpoint or an uploaded official yolov7-tiny.pt (any "
-        f"checkpoint transfers to your classes). From scratch, {n_train} training images reach only low accuracy in "
-        f"few epochs (yolov7-tiny on ~200 images reached test mAP50 0.07 after 12 epochs; under "
-        f"{SMALL_DATASET_IMAGES} images a from-scratch model needs many epochs)."
+        "**Suggestion:** start from a checkpoint: the demo checkpoint or an uploaded official yolov7-tiny.pt (either "
+        f"transfers to your classes). From scratch, {n_train} training images reach only low accuracy in few epochs "
+        "(about 200 images: test mAP50 0.07 after 12 epochs)."
     )
 
 

@@ -87,14 +87,17 @@ def build(ctx: StudioContext) -> None:
             with gr.Accordion("Advanced: label assignment", open=False):
                 aux_note = gr.Markdown("*These options need the auxiliary head: turn it on above.*", visible=False)
                 assign = gr.Radio(
-                    list(T.ASSIGN_HELP), value=DEFAULT_ASSIGN, label="How the auxiliary head is labelled",
+                    [(T.choice_label(k), k) for k in T.ASSIGN_HELP], value=DEFAULT_ASSIGN,
+                    label="How the auxiliary head is labelled",
                 )  # fmt: skip
                 assign_bound = gr.Number(
                     DEFAULT_BOUND, label="Bound (strength of the cap on coarse labels; 0 = no cap)", minimum=0,
                     visible=False,
                 )  # fmt: skip
                 gr.Markdown(assign_help, elem_classes="ys-muted")
-                aux_wiring = gr.Radio(list(T.WIRING_HELP), value=AUX_WIRINGS[0], label="Auxiliary head wiring")
+                aux_wiring = gr.Radio(
+                    [(T.choice_label(k), k) for k in T.WIRING_HELP], value=AUX_WIRINGS[0], label="Auxiliary head wiring"
+                )
                 gr.Markdown(
                     wiring_help + "  \nA start checkpoint is rewired to this choice (the auxiliary layers whose "
                     "shape changes start fresh).",

@@ -27,7 +27,7 @@ scratch = st.checkbox("From scratch (ignore the start checkpoint; train the vari
 dataset_id, checkpoint_id = datasets.get(ds_label, "demo"), checkpoints.get(ck_label)
 suggestion = T.suggestion_for_form(ws, ctx.cache, dataset_id, checkpoint_id or "", scratch)
 if suggestion:
-    st.warning(suggestion, icon="💡")
+    st.warning(suggestion)
 models = list_models()
 variant = st.selectbox("Variant (from scratch)", models, index=models.index("yolov7-tiny"), key="ln_variant")
 aux = st.checkbox("Auxiliary head (coarse positives, lead-guided training)", value=True, key="ln_aux")
@@ -37,7 +37,7 @@ with st.expander("Advanced: label assignment"):
     strategies = list(T.ASSIGN_HELP)
     assign = st.radio(
         "How the auxiliary head is labelled", strategies, index=strategies.index(DEFAULT_ASSIGN), disabled=not aux,
-        captions=list(T.ASSIGN_HELP.values()), key="ln_assign",
+        format_func=T.choice_label, captions=list(T.ASSIGN_HELP.values()), key="ln_assign",
     )  # fmt: skip
     bound = None
     if assign == T.BOUNDED:
@@ -48,7 +48,7 @@ with st.expander("Advanced: label assignment"):
     wirings = list(T.WIRING_HELP)
     wiring = st.radio(
         "Auxiliary head wiring", wirings, index=wirings.index(AUX_WIRINGS[0]), disabled=not aux,
-        captions=list(T.WIRING_HELP.values()), key="ln_aux_wiring",
+        format_func=T.choice_label, captions=list(T.WIRING_HELP.values()), key="ln_aux_wiring",
     )  # fmt: skip
     st.caption("A start checkpoint is rewired to this choice (the auxiliary layers whose shape changes start fresh).")
 c3, c4, c5 = st.columns(3)
