@@ -378,17 +378,15 @@ def _scaling_view(sid: str, folder: Path, doc: dict[str, Any]) -> StudyView:
         "width-only, depth-only and compound scaling, and the channel ratios between blocks"
         + (f" ({settings['counts']})" if settings.get("counts") else "")
         + ". "
-        + (
-            "Paper: " + "; ".join(sorted({str(p.get("source")) for p in paper.values() if p.get("source")})) + "."
-            if paper
-            else ""
-        )
+        + _paper_note(paper, "its variants use the paper's own factors (width 1.25, depth 2.0), not necessarily these")
     )
     record = {**doc, "id": sid, "folder": str(folder)}
     return StudyView(sid, folder, "scaling", text, headers, rows, scaling_figure(rows_in, paper), None, [], record)
 
 
-def _paper_note(paper: dict[str, dict[str, Any]]) -> str:
+def _paper_note(
+    paper: dict[str, dict[str, Any]], caveat: str = "compare the ordering and the gaps, not the values"
+) -> str:
     """Where the paper's numbers come from, each table named once."""
     tables = []
     for p in paper.values():
@@ -403,10 +401,7 @@ def _paper_note(paper: dict[str, dict[str, Any]]) -> str:
             tables.append(name)
     if not tables:
         return ""
-    return (
-        "Paper columns: YOLOv7 paper (arXiv:2207.02696), " + ", ".join(tables) + ", on COCO: compare the ordering "
-        "and the gaps, not the values."
-    )
+    return "Paper columns: YOLOv7 paper (arXiv:2207.02696), " + ", ".join(tables) + f", on COCO: {caveat}."
 
 
 # -- figures ---------------------------------------------------------------------------------------------------------
@@ -515,6 +510,11 @@ def scaling_figure(rows: list[dict[str, Any]], paper: dict[str, dict[str, Any]] 
                 row=1,
                 col=col,
             )
-    fig.update_layout(height=340, margin={"l": 50, "r": 20, "t": 70, "b": 40}, template="plotly_white")
+    fig.update_layout(
+        height=360,
+        margin={"l": 50, "r": 20, "t": 70, "b": 40},
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.15},
+    )
     fig.update_yaxes(rangemode="tozero")
     return fig

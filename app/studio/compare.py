@@ -252,10 +252,17 @@ def studies_section(ctx: StudioContext) -> None:
         return gr.update(choices=found, value=current or (found[0][1] if found else None))
 
     outputs = [study_summary, study_table, study_plot, study_image, study_json, runs_table]
+
+    def on_kind(record: dict[str, Any] | None) -> tuple[Any, ...]:
+        """An assignment study shows its runs and objectness figure; a scaling study has neither."""
+        assignment = (record or {}).get("kind") != "scaling"
+        label = "paper-style table (mean ± spread over seeds, %)" if assignment else "scaled variants"
+        return gr.update(label=label), gr.update(visible=assignment), gr.update(visible=assignment)
+
     open_btn.click(
         on_open_study, [study_in, path_in], outputs, api_name="open_study", concurrency_id="study", queue=True
-    )
+    ).then(on_kind, study_json, [study_table, study_image, runs_table], api_visibility="private", queue=False)
     study_in.focus(on_refresh_list, study_in, study_in, api_visibility="private", queue=False)
     refresh_btn.click(on_refresh_list, study_in, study_in, api_visibility="private", queue=False).then(
         on_open_study, [study_in, path_in], outputs, api_visibility="private", concurrency_id="study"
-    )
+    ).then(on_kind, study_json, [study_table, study_image, runs_table], api_visibility="private", queue=False)
