@@ -29,7 +29,6 @@ PAPER_METRICS = ("AP", "AP50", "AP75")
 CONDITION_ORDER = ("none", "independent", "lead-guided", "coarse-to-fine", "coarse-to-fine-bounded")
 SCALING_ORDER = ("base", "width-only", "depth-only", "compound")
 RUN_HEADERS = ["run", "condition", "seed", "status", "epoch", "AP", "AP50", "run folder"]
-MAX_DEPTH = 2  # study folders are found at most this deep under a root (``studies/<name>``, ``runs/<group>/<name>``)
 
 
 class StudyError(ValueError):
@@ -54,77 +53,32 @@ class StudyView:
 
 
 # -- reading ---------------------------------------------------------------------------------------------------------
-def _core_study() -> Any:
-    """``core.study`` when it is installed in this checkout (its reader validates more), else None."""
-    try:
-        import core.study as study
-    except ImportError:
-        return None
-    return study if hasattr(study, "load_study") else None
-
-
-def _local_load(folder: Path) -> dict[str, Any]:
-    """The format's minimum, checked here while ``core.study`` is not there."""
-    path = folder / STUDY_FILE
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise StudyError(f"{folder}: no {STUDY_FILE} (not a study folder)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StudyError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise StudyError(f"{path}: expected a JSON object, found {type(doc).__name__}")
-    kind = doc.get("kind")
-    if kind not in ("assignment", "scaling"):
-        raise StudyError(f"{path}: unknown study kind {kind!r} (expected 'assignment' or 'scaling')")
-    lists = ("runs", "summary") if kind == "assignment" else ("rows",)
-    for key in lists:
-        if not isinstance(doc.get(key), list):
-            raise StudyError(f"{path}: {key!r} is missing or not a list")
-    return doc
-
-
 def load(folder: str | Path) -> dict[str, Any]:
-    """study.json of ``folder`` (or of the folder holding this study.json), validated; StudyError names the file."""
+    """study.json of ``folder`` (or of the folder holding this study.json), validated by ``core.study.load_study``;
+    a :class:`StudyError` names the file and the problem."""
+    from core.study import load_study
+
     folder = Path(folder)
     if folder.name == STUDY_FILE:
         folder = folder.parent
     if not folder.is_dir():
         raise StudyError(f"{folder}: no such folder")
-    study = _core_study()
-    if study is not None:
-        try:
-            doc = study.load_study(folder)
-        except ValueError as exc:
-            raise StudyError(str(exc)) from None
-        except OSError as exc:
-            raise StudyError(f"{folder / STUDY_FILE}: cannot be read ({exc})") from None
-    else:
-        doc = _local_load(folder)
-    return doc
+    try:
+        return load_study(folder)
+    except ValueError as exc:
+        raise StudyError(str(exc)) from None
+    except OSError as exc:
+        raise StudyError(f"{folder / STUDY_FILE}: cannot be read ({exc})") from None
 
 
-def _find(root: Path, depth: int = MAX_DEPTH) -> list[Path]:
-    if not root.is_dir():
+def _find(root: Path) -> list[Path]:
+    """Study folders under ``root`` (``core.study.list_studies``: the root and two levels down)."""
+    from core.study import list_studies as core_list
+
+    try:
+        return [Path(p) for p in core_list(root)]
+    except (OSError, ValueError):
         return []
-    study = _core_study()
-    if study is not None and hasattr(study, "list_studies"):
-        try:
-            return [Path(p) for p in study.list_studies(root)]
-        except (OSError, ValueError):
-            return []
-    found, level = [], [root]
-    for _ in range(depth):
-        nxt = []
-        for d in level:
-            try:
-                children = sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
-            except OSError:
-                continue
-            for c in children:
-                (found if (c / STUDY_FILE).is_file() else nxt).append(c)
-        level = nxt
-    return found
 
 
 def study_roots(ws: Workspace, extra: list[str | Path] | tuple[str | Path, ...] = ()) -> list[Path]:
