@@ -76,9 +76,9 @@ class TrainRequest:
 
     ``assign`` (``core.loss.ASSIGN_STRATEGIES``), ``assign_bound`` (strength of ``coarse-to-fine-bounded``'s cap;
     None: ``core.loss.DEFAULT_BOUND``) and ``aux_wiring`` (``core.models.AUX_WIRINGS``) choose how the auxiliary head
-    is labelled and where it reads; they need ``aux``. A start checkpoint is rewired to ``aux_wiring`` (the
-    auxiliary convs whose shape changes are re-initialised). Flags are passed only when not at their defaults, so
-    older requests give the same command line.
+    is labelled and where it reads; they need ``aux``. A start checkpoint keeps its own wiring unless ``aux_wiring``
+    is ``"partial"`` (then it is rewired; the auxiliary convs whose shape changes are re-initialised). Flags are
+    passed only when not at their defaults, so older requests give the same command line.
     """
 
     dataset: str = "demo"

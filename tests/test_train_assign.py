@@ -85,7 +85,7 @@ def test_bounded_strategy_with_its_bound(demo: Path, tmp_path: Path) -> None:
     from core.cli.train import config_from_args
 
     cfg = config_from_args(args)
-    assert (cfg.assign, cfg.assign_bound, cfg.aux_wiring) == ("coarse-to-fine-bounded", 0.5, "top-down")
+    assert (cfg.assign, cfg.assign_bound, cfg.aux_wiring) == ("coarse-to-fine-bounded", 0.5, None)
     from core.models import build_model
     from core.train.setup import build_loss, describe_assignment, resolve_hyp
 
@@ -99,7 +99,7 @@ def test_bounded_strategy_with_its_bound(demo: Path, tmp_path: Path) -> None:
 
 def test_defaults_are_the_official_behaviour() -> None:
     cfg = TrainConfig(data="x")
-    assert (cfg.assign, cfg.assign_bound, cfg.aux_wiring) == ("coarse-to-fine", None, "top-down")
+    assert (cfg.assign, cfg.assign_bound, cfg.aux_wiring) == ("coarse-to-fine", None, None)
     assert cfg.assign == core.loss.DEFAULT_ASSIGN
 
 
@@ -143,3 +143,22 @@ def test_core_train_does_not_import_the_explorer() -> None:
            "print([m for m in sys.modules if m.startswith('core.explore')])"  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_fine_tuning_keeps_the_start_checkpoints_wiring_unless_asked(run: Path, demo: Path) -> None:
+    """Default aux_wiring (None): a partial-wired start checkpoint stays partial; asking for top-down rewires it."""
+    from core.data import load_dataset
+    from core.train.setup import build_or_load_model
+
+    dataset = load_dataset(str(demo))
+    weights = str(run / "weights" / "last.pt")
+    kept, _ = build_or_load_model(TrainConfig(data=str(demo), weights=weights, aux=True), dataset, None)
+    assert kept.aux_wiring == "partial"
+    rewired, _ = build_or_load_model(
+        TrainConfig(data=str(demo), weights=weights, aux=True, aux_wiring="top-down"), dataset, None
+    )
+    assert rewired.aux_wiring == "top-down"
+    scratch, _ = build_or_load_model(
+        TrainConfig(data=str(demo), model="yolov7-tiny", aux=True, width=0.25), dataset, None
+    )
+    assert scratch.aux_wiring == "top-down"

@@ -99,8 +99,8 @@ def build(ctx: StudioContext) -> None:
                     [(T.choice_label(k), k) for k in T.WIRING_HELP], value=AUX_WIRINGS[0], label="Auxiliary head wiring"
                 )
                 gr.Markdown(
-                    wiring_help + "  \nA start checkpoint is rewired to this choice (the auxiliary layers whose "
-                    "shape changes start fresh).",
+                    wiring_help + "  \nA start checkpoint keeps its own wiring unless you pick partial (then it is "
+                    "rewired; the auxiliary layers whose shape changes start fresh).",
                     elem_classes="ys-muted",
                 )  # fmt: skip
             with gr.Row():

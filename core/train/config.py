@@ -44,7 +44,9 @@ class TrainConfig:
     # coarse-to-fine-bounded; without an aux head it changes nothing
     assign: str = "coarse-to-fine"
     assign_bound: float | None = None  # coarse-to-fine-bounded's ceiling strength, >= 0 (None: core.loss.DEFAULT_BOUND)
-    aux_wiring: str = "top-down"  # where the aux head reads: top-down (official) | partial (P5 models, needs aux)
+    # where the aux head reads: top-down (official) | partial (P5 models, needs aux); None = top-down from scratch,
+    # the start checkpoint's own wiring when fine-tuning (--weights)
+    aux_wiring: str | None = None
     epochs: int = 100
     img: int = 640
     batch: int = 16  # total batch size over all processes (official --batch-size)
@@ -88,7 +90,7 @@ class TrainConfig:
         strategies = assign_strategies()
         if self.assign not in strategies:
             raise ValueError(f"unknown assignment strategy {self.assign!r}; choose one of {', '.join(strategies)}")
-        if self.aux_wiring not in AUX_WIRINGS:
+        if self.aux_wiring is not None and self.aux_wiring not in AUX_WIRINGS:
             raise ValueError(
                 f"unknown auxiliary-head wiring {self.aux_wiring!r}; choose one of {', '.join(AUX_WIRINGS)}"
             )

@@ -329,7 +329,8 @@ def build_or_load_model(cfg: TrainConfig, dataset: Any, ckpt: dict[str, Any] | N
 
     spec = get_spec(cfg.model) if cfg.width == 1.0 else scale_width(get_spec(cfg.model), cfg.width)
     cfg.check_model(spec)
-    return build_model(spec, len(names), aux=cfg.aux, class_names=names, aux_wiring=cfg.aux_wiring), None
+    wiring = cfg.aux_wiring or "top-down"
+    return build_model(spec, len(names), aux=cfg.aux, class_names=names, aux_wiring=wiring), None
 
 
 def freeze_layers(model: nn.Module, layers: tuple[int, ...], log: Any) -> None:

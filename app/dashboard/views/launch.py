@@ -50,7 +50,10 @@ with st.expander("Advanced: label assignment"):
         "Auxiliary head wiring", wirings, index=wirings.index(AUX_WIRINGS[0]), disabled=not aux,
         format_func=T.choice_label, captions=list(T.WIRING_HELP.values()), key="ln_aux_wiring",
     )  # fmt: skip
-    st.caption("A start checkpoint is rewired to this choice (the auxiliary layers whose shape changes start fresh).")
+    st.caption(
+        "A start checkpoint keeps its own wiring unless you pick partial (then it is rewired; the auxiliary layers "
+        "whose shape changes start fresh)."
+    )
 c3, c4, c5 = st.columns(3)
 epochs = c3.number_input("Epochs", 1, 10000, 30, key="ln_epochs")
 img = c4.number_input("Image size", 32, 4096, 320, step=32, key="ln_img")
