@@ -28,7 +28,7 @@ from app.modelcache import ModelCache, file_key
 from app.workspace import Workspace
 from core.loss import ASSIGN_STRATEGIES, DEFAULT_ASSIGN
 from core.models import AUX_WIRINGS
-from core.train.config import SMALL_DATASET_IMAGES
+from core.train import SMALL_DATASET_IMAGES
 
 LEAD = ("box", "obj", "cls")
 TITLES = {"box": "box (CIoU)", "obj": "objectness", "cls": "classification"}

@@ -4,9 +4,9 @@
 >>> train(TrainConfig(data="datasets/demo", model="yolov7-tiny", epochs=30, img=320, out="runs/demo"))
 """
 
-from core.train.config import TrainConfig
+from core.train.config import SMALL_DATASET_IMAGES, TrainConfig
 from core.train.hooks import Hook
 from core.train.rundir import RunDir
 from core.train.trainer import Trainer, fitness, train
 
-__all__ = ["Hook", "RunDir", "TrainConfig", "Trainer", "fitness", "train"]
+__all__ = ["SMALL_DATASET_IMAGES", "Hook", "RunDir", "TrainConfig", "Trainer", "fitness", "train"]
