@@ -259,6 +259,8 @@ def load_model(
         source.load_state_dict(sd, strict=True)
         model = source
     else:
+        if class_names is None and want_nc == source.nc:
+            class_names = source.names  # only the aux head (or its wiring) changes: the classes stay
         model = Yolo(
             source.spec,
             want_nc,
@@ -328,6 +330,8 @@ def _load_official(
         source.load_state_dict(state_dict, strict=True)
         model = source
     else:
+        if class_names is None and want_nc == variant.num_classes:
+            class_names = names  # only the aux head (or its wiring) changes: the file's class names stay
         model = build_model(
             variant.name, want_nc, deploy=variant.deploy, aux=want_aux, class_names=class_names, aux_wiring=wiring
         )

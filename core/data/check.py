@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.data.progress import ProgressArg, as_progress, wants_tqdm
+from core.data.progress import Progress, ProgressArg, as_progress, wants_tqdm
 from core.data.stats import DatasetStats, compute_stats
 from core.data.types import DetectionDataset, ImageRecord, Issue
 
@@ -191,12 +193,56 @@ def clean_boxes(
     return rec.with_labels(np.asarray(keep_boxes).reshape(-1, 4), np.asarray(keep_cls), segments, areas), issues
 
 
+class CheckStopped(Exception):
+    """``check_dataset``'s ``should_stop`` turned true while the images were decoded; the rest were skipped."""
+
+
+def _decode_all(
+    paths: list[Path], report: Progress, tqdm_bar: bool, should_stop: Callable[[], bool] | None
+) -> list[tuple[str, str | None, str | None]]:
+    """``_check_image_file`` of every path on a small thread pool, in order.
+
+    ``should_stop`` is polled before each image; once it is true (or the caller is interrupted, e.g. Ctrl-C), the
+    images not yet started are skipped instead of decoded, so a stop waits for the images in hand only, never for
+    the whole pool's queue (which would otherwise also hold up the process's exit).
+    """
+    cancel = threading.Event()
+
+    def one(path: Path) -> tuple[str, str | None, str | None] | None:
+        if cancel.is_set():
+            return None
+        if should_stop is not None and should_stop():
+            cancel.set()
+            return None
+        return _check_image_file(path)
+
+    pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
+    try:
+        mapped = pool.map(one, paths)
+        if tqdm_bar:
+            from tqdm import tqdm
+
+            mapped = tqdm(mapped, total=len(paths), desc="checking images", unit="img", disable=None)
+        results: list[tuple[str, str | None, str | None]] = []
+        for res in report.iterate(mapped, len(paths), "decoding images"):
+            if res is None:
+                raise CheckStopped(f"stop requested while decoding the images ({len(results)} of {len(paths)} done)")
+            results.append(res)
+    except BaseException:
+        cancel.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return results
+
+
 def check_dataset(
     dataset: DetectionDataset,
     decode: bool = True,
     min_box_size: float = 1.0,
     img_size: int | None = None,
     progress: ProgressArg = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> CheckReport:
     """Validate ``dataset``: decode images, clean boxes, find duplicate images; compute statistics.
 
@@ -208,6 +254,8 @@ def check_dataset(
         img_size: training size for the anchor statistics (default: each model's official size).
         progress: ``True`` shows a tqdm bar while decoding; a callable ``(fraction 0..1, message)`` (e.g. a UI's
             progress bar) is called with increasing fractions, ending with 1.0.
+        should_stop: polled (from the decoding threads) before each image is decoded; when it returns true the
+            images not yet decoded are skipped and :class:`CheckStopped` is raised.
     """
     report = as_progress(progress)
     issues: list[Issue] = list(dataset.issues)
@@ -217,13 +265,7 @@ def check_dataset(
     records = list(dataset.images)
     keep = [True] * len(records)
     if decode and records:
-        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            mapped = pool.map(_check_image_file, [r.path for r in records])
-            if wants_tqdm(progress):
-                from tqdm import tqdm
-
-                mapped = tqdm(mapped, total=len(records), desc="checking images", unit="img", disable=None)
-            results = list(report.sub(0.0, 0.8).iterate(mapped, len(records), "decoding images"))
+        results = _decode_all([r.path for r in records], report.sub(0.0, 0.8), wants_tqdm(progress), should_stop)
         first_of_hash: dict[str, ImageRecord] = {}
         for k, (rec, (digest, fatal, warning)) in enumerate(zip(records, results)):
             if fatal:

@@ -30,6 +30,7 @@ from plotly.subplots import make_subplots
 from core.explore.engine import ImageExploration, explore_image
 from core.explore.style import HEAT_SCALE, IMAGE_DIM, box_colour, box_path, data_uri
 from core.train.hooks import Hook
+from core.train.rundir import atomic_write_text
 
 __all__ = [
     "ObjectnessHook",
@@ -254,7 +255,7 @@ class ObjectnessHook(Hook):
         self.folder = t.run.root / SNAPSHOT_DIR
         self.folder.mkdir(parents=True, exist_ok=True)
         r = self.record
-        (self.folder / "image.json").write_text(json.dumps({
+        atomic_write_text(self.folder / "image.json", json.dumps({
             "image": str(r.path), "key": r.key, "split": r.split, "boxes": r.boxes.tolist(),
             "classes": r.classes.tolist(), "every": self.every, "img_size": t.cfg.img}, indent=1))  # fmt: skip
         if t.epoch == 0:
@@ -274,8 +275,6 @@ class ObjectnessHook(Hook):
             exp = explore_image(model, r.path, r.boxes, r.classes, img_size=t.cfg.img, device=t.device)
             path = write_snapshot(exp, self.folder / f"epoch_{epoch:03d}.npz", epoch)
             if t.cfg.plots != "none":
-                from core.train.rundir import atomic_write_text
-
                 html = convergence_figure(self.folder).to_html(include_plotlyjs=True, full_html=True, auto_play=False)
                 atomic_write_text(self.folder / "objectness.html", html)
             if t.cfg.plots == "all":

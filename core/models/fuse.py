@@ -4,11 +4,15 @@
 * :func:`reparameterize` builds the deploy network of the same variant (plain ``Detect`` head, no auxiliary
   branch), copies the weights, folds the implicit terms of ``IDetect`` into the head convs and fuses the
   blocks. Its state dict has the keys of ``deploy/<name>#fused`` of the official implementation.
+
+Neither draws from the caller's random streams (the throwaway init of the fresh layers uses a forked RNG).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -18,13 +22,24 @@ from core.models.heads import IDetect
 from core.models.yolo import Yolo
 
 
+@contextlib.contextmanager
+def _callers_rng_kept(model: nn.Module) -> Iterator[None]:
+    """The random init of the fresh layers made inside (overwritten right away) is drawn from a forked RNG, so the
+    caller's CPU and CUDA random streams are as before: a deploy copy made mid-training (or in a test) must not
+    change what the training draws next."""
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda):
+        yield
+
+
 @torch.no_grad()
 def fuse_blocks(model: nn.Module) -> nn.Module:
     """Call ``reparameterize()`` on every fusable block (Conv+BN, RepConv) of ``model``, in place."""
-    for m in list(model.modules()):
-        fn = getattr(m, "reparameterize", None)
-        if callable(fn) and m is not model:
-            fn()
+    with _callers_rng_kept(model):
+        for m in list(model.modules()):
+            fn = getattr(m, "reparameterize", None)
+            if callable(fn) and m is not model:
+                fn()
     return model
 
 
@@ -49,7 +64,9 @@ def reparameterize(model: Yolo, *, fuse: bool = True) -> Yolo:
         out = copy.deepcopy(model).eval()
         return fuse_blocks(out) if fuse else out  # type: ignore[return-value]
     p = next(model.parameters())
-    deploy = Yolo(model.spec, model.nc, deploy=True, class_names=model.names).to(device=p.device, dtype=p.dtype)
+    with _callers_rng_kept(model):  # its random init is overwritten below
+        deploy = Yolo(model.spec, model.nc, deploy=True, class_names=model.names)
+    deploy = deploy.to(device=p.device, dtype=p.dtype)
     if is_fused(model):
         fuse_blocks(deploy)  # same key layout as the source (conv.bias / rbr_reparam instead of bn / branches)
     src, dst = model.state_dict(), deploy.state_dict()

@@ -1,10 +1,12 @@
 """Trainer hooks (detectron2-style): small objects called before/after the run, each epoch and each step.
 
 The trainer calls, in order, every hook's ``before_train``, then per epoch ``before_epoch``, per step
-``before_step``/``after_step``, then ``after_epoch``, and finally ``after_train``. A hook reads and writes the
-trainer's state (``trainer.epoch``, ``trainer.step``, ``trainer.metrics`` ...). Checkpointing, evaluation,
-logging and early stopping live in the trainer itself because resume depends on their exact order; hooks are
-for observers (status files, plots, objectness snapshots) and user extensions.
+``before_step``/``after_step``, then ``after_epoch``, and finally ``after_train``. ``before_step`` comes before the
+batch is moved to the device, while ``trainer.step`` still counts the steps done before it; the batches a mid-epoch
+resume skips get neither call. A hook reads and writes the trainer's state (``trainer.epoch``, ``trainer.step``,
+``trainer.metrics`` ...). Checkpointing, evaluation, logging and early stopping live in the trainer itself because
+resume depends on their exact order; hooks are for observers (status files, plots, objectness snapshots) and user
+extensions.
 """
 
 from __future__ import annotations

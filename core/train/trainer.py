@@ -407,6 +407,7 @@ class Trainer:
         for i, batch in enumerate(pbar if start < nb else ()):  # start == nb: resumed before the evaluation
             if i < start:
                 continue  # resuming mid-epoch: the skipped batches were already trained on
+            self._call("before_step")
             ni = i + nb * self.epoch
             imgs = batch.images.to(self.device, non_blocking=True).float() / 255
             if cfg.channels_last:
