@@ -26,7 +26,8 @@ CHROMIUM_ARGS = [  # headless as root on a machine without network (see ../share
 SHOTS = Path(os.environ.get("STUDIO_SCREENSHOTS", REPO / "runs" / "screenshots"))
 ENDPOINTS = (
     "/detect", "/assign", "/check_data", "/start_training", "/training_status", "/stop_training", "/compare",
-    "/annotation_load", "/annotation_save", "/prelabel", "/review_queue",
+    "/annotation_load", "/annotation_save", "/prelabel", "/review_queue", "/open_study", "/open_in_fiftyone",
+    "/stop_fiftyone",
 )  # fmt: skip
 
 

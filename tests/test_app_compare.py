@@ -67,6 +67,9 @@ def test_parameters_gflops_and_latency(ws: Workspace, result: svc.CompareOutput)
         )
     assert [row[:2] for row in result.summary_rows] == [["run:tiny", "training"], ["run:tiny", "deploy"]]
     assert len(result.summary_rows[0]) == len(svc.SUMMARY_HEADERS)
+    backend = svc.SUMMARY_HEADERS.index("backend")  # the backend that ran, from the predictor
+    assert [row[backend] for row in result.summary_rows] == [m["backend"] for m in result.models]
+    assert result.summary_rows[0][backend].startswith("torch")  # the training form always runs in PyTorch
 
 
 def test_side_by_side_table_figure_and_progress(result: svc.CompareOutput) -> None:

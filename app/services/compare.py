@@ -33,7 +33,9 @@ from core.inference import draw_detections
 COMPARE_FORMS: dict[str, str] = {"training": "training form", "deploy": "deploy form (re-parameterized)"}
 EVAL_BATCH_SIZE = 8
 DEFAULT_LATENCY_RUNS = 5
-SUMMARY_HEADERS = ["model", "form", "params (M)", "GFLOPs", "img", "mAP50", "mAP50-95", "latency ms", "detections"]
+SUMMARY_HEADERS = [
+    "model", "form", "backend", "params (M)", "GFLOPs", "img", "mAP50", "mAP50-95", "latency ms", "detections",
+]  # fmt: skip
 
 Progress = Callable[[float, str], None]
 _memo: dict[str, dict[str, Any]] = {}
@@ -297,6 +299,7 @@ def compare(
         [
             m["checkpoint"],
             m["form"],
+            m["backend"],
             round(m["params"] / 1e6, 3),
             float(f"{m['gflops']:.3g}"),
             m["img_size"],
