@@ -47,6 +47,8 @@ def interruptible(fn: Callable[[], T], should_stop: Callable[[], bool] | None, w
         if worker.is_alive() and should_stop():
             raise StopTraining(f"stop requested during {what}")
     if "error" in box:
+        if should_stop():  # the work itself noticed the stop first (e.g. the dataset check's CheckStopped)
+            raise StopTraining(f"stop requested during {what}") from box["error"]
         raise box["error"]
     return box["value"]
 
@@ -137,8 +139,10 @@ def prepare_dataset(
 
     dataset = interruptible(lambda: load_dataset(cfg.data), should_stop, "setup (reading the dataset)")
     report = interruptible(
-        lambda: check_dataset(dataset, decode=True), should_stop, "setup (decoding the dataset's images)"
-    )
+        lambda: check_dataset(dataset, decode=True, should_stop=should_stop),
+        should_stop,
+        "setup (decoding the dataset's images)",
+    )  # the check itself skips the images not yet decoded once a stop is asked, so the process can end at once
     ds = report.dataset
     if not ds.images:
         raise ValueError(
