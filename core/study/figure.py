@@ -58,6 +58,7 @@ def objectness_grid(explorations: Sequence[tuple[str, ImageExploration]], level:
         titles += [f"{name}: lead ({lv.name})", f"{name}: aux ({lv.name})" if exp.has_aux else f"{name}: no aux head"]
     fig = make_subplots(rows=n, cols=2, subplot_titles=titles, horizontal_spacing=0.04,
                         vertical_spacing=min(0.08, 0.3 / max(n, 1)))  # fmt: skip
+    fig.update_annotations(font_size=12)  # long condition names fit above their panels
     # one colour scale for the whole grid (so conditions compare), up to the largest objectness drawn
     zmax = max([float(m.max()) for _n, e in explorations for m in (e.levels[level].lead_obj, e.levels[level].aux_obj)
                 if m is not None] + [0.05])  # fmt: skip
