@@ -211,3 +211,21 @@ def test_cli_scaling_smoke() -> None:
     bad = subprocess.run([sys.executable, "-m", "core", "study", "scaling", "--model", "nope"], cwd=REPO,
                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
     assert bad.returncode == 2 and "unknown model 'nope'" in bad.stderr
+
+
+def test_cli_passes_bf16_and_other_run_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`study assignment --bf16 --max-steps N` reaches every run's TrainConfig through train_overrides."""
+    import core.study
+
+    seen: dict = {}
+
+    def fake(data, model, **kw):  # noqa: ANN001, ANN003, ANN202
+        seen.update(kw, data=data, model=model)
+        return {"runs": [], "summary": [], "state": "finished"}
+
+    monkeypatch.setattr(core.study, "run_assignment_study", fake)
+    main(["study", "assignment", "--data", str(tmp_path), "--out", str(tmp_path / "s"), "--bf16", "--max-steps", "3"])
+    assert seen["train_overrides"]["bf16"] is True and seen["train_overrides"]["max_steps"] == 3
+    seen.clear()
+    main(["study", "assignment", "--data", str(tmp_path), "--out", str(tmp_path / "s")])
+    assert "bf16" not in seen["train_overrides"]

@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--recipe", default="auto", help="auto | official | small (as `train --recipe`)")
     a.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     a.add_argument("--workers", type=int, default=2, help="data-loading workers")
+    a.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU for every run (as `train --bf16`)")
     a.add_argument("--max-steps", type=int, default=0, help="stop each run after N optimizer steps (smoke tests)")
     a.add_argument("--plots", default="html", choices=("none", "html", "all"), help="each run's training plots")
     a.add_argument("--no-figure", action="store_true", help="skip the objectness figure")
@@ -69,6 +70,8 @@ def run_assignment(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"device": args.device, "workers": args.workers, "plots": args.plots}
     if args.max_steps:
         overrides["max_steps"] = args.max_steps
+    if args.bf16:
+        overrides["bf16"] = True
     if args.assign_bound is not None:
         overrides["assign_bound"] = args.assign_bound
     try:
