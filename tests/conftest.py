@@ -12,6 +12,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("YOLOV7_STUDIO_SHARED", REPO.parent / "shared"))
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Start PyTorch's intra-op thread pool now, with denormals not flushed. Its threads keep the flush setting of the
+# thread that started them, so a pool first started inside a flush-denormals block (the Predictor, the trainer's
+# CPU setup) would flush in the parallel part of every later test while the main thread does not, and the exact
+# comparisons of saturated assignment costs (tests/test_assign.py) would depend on test order.
+torch.set_flush_denormal(False)
+torch.ones(1 << 22).exp_().sum()
+torch.mm(torch.ones(256, 256), torch.ones(256, 256))
 
 
 def shared_path(*parts: str) -> Path:

@@ -47,9 +47,11 @@ def interruptible(fn: Callable[[], T], should_stop: Callable[[], bool] | None, w
         if worker.is_alive() and should_stop():
             raise StopTraining(f"stop requested during {what}")
     if "error" in box:
-        if should_stop():  # the work itself noticed the stop first (e.g. the dataset check's CheckStopped)
-            raise StopTraining(f"stop requested during {what}") from box["error"]
-        raise box["error"]
+        error = box["error"]
+        if not isinstance(error, StopTraining) and should_stop():
+            # the work itself noticed the stop first (e.g. the dataset check's CheckStopped)
+            raise StopTraining(f"stop requested during {what}") from error
+        raise error
     return box["value"]
 
 
