@@ -45,3 +45,11 @@ def bccd_root() -> Path:
 def conformance_dir() -> Path:
     """../shared/yolov7/conformance with the official reference outputs."""
     return shared_path("yolov7", "conformance")
+
+
+@pytest.fixture(autouse=True)
+def _denormals_not_flushed():
+    """Every test starts with denormals not flushed in the main thread (a trainer run in-process turns flushing on
+    for its thread and leaves it), matching the unflushed intra-op pool started above."""
+    torch.set_flush_denormal(False)
+    yield
