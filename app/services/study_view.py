@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.workspace import Workspace
+from app.workspace import Workspace, _within
 
 STUDY_FILE = "study.json"
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -146,14 +146,6 @@ def resolve(ws: Workspace, ident: str | Path | None) -> Path:
     if not p.is_dir():
         raise StudyError(f"{text}: not a folder (give the study folder, the one holding {STUDY_FILE})")
     return p
-
-
-def _within(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 # -- numbers ---------------------------------------------------------------------------------------------------------
